@@ -1,0 +1,71 @@
+"""The ``isoperf`` command: run a service, the local stack, or a whole simulated session."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+SERVICES = {
+    "acquisition": "services.acquisition.__main__",
+    "recorder": "services.recorder.__main__",
+    "leakage": "services.leakage.__main__",
+}
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from isoperf.stack import LocalStack, StackError
+
+    try:
+        stack = LocalStack(Path(args.dir), mqtt_port=args.mqtt_port, influx_port=args.influx_port).start()
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Mosquitto  mqtt://{stack.host}:{stack.mqtt_port}")
+    print(f"InfluxDB   {stack.influx_url}  (database {stack.database})")
+    print(f"Data in    {stack.directory}")
+    print("Point the services at it with:")
+    for k, v in stack.env().items():
+        print(f"  export {k}={v}")
+    print("Ctrl-C stops both.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="isoperf", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in SERVICES:
+        sub.add_parser(name, help=f"run the {name} service (configured by ISOPERF_* variables)")
+    st = sub.add_parser("stack", help="run Mosquitto and InfluxDB locally until Ctrl-C")
+    st.add_argument("--dir", default=".isoperf/stack", help="state directory (default: %(default)s)")
+    st.add_argument("--mqtt-port", type=int, default=1883)
+    st.add_argument("--influx-port", type=int, default=8086)
+    demo = sub.add_parser("demo", help="run a whole simulated IHHP session through the real stack")
+    demo.add_argument("--dir", default=".isoperf/demo", help="where the demo keeps its data (default: %(default)s)")
+    demo.add_argument("--speed", type=float, default=60.0, help="simulation speed factor (default: %(default)s)")
+    demo.add_argument("--leak", choices=["none", "steady", "step"], default="step")
+    demo.add_argument("--isotope", choices=["Tc-99m", "I-131", "In-111"], default="Tc-99m")
+    demo.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    if args.command in SERVICES:
+        importlib.import_module(SERVICES[args.command]).main()
+        return 0
+    if args.command == "stack":
+        return _stack(args)
+    from isoperf.demo import run_demo
+
+    return run_demo(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""InfluxDB 1.x HTTP API over aiohttp: ``/write`` with line protocol, ``/query`` with InfluxQL.
+
+This dialect is served natively by InfluxDB 1.x and, for compatibility, by 2.x
+(with a DBRP mapping) and 3.x, so the same client works against all three.
+Line protocol is produced by ``influxdb_client``'s ``Point`` serializer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import aiohttp
+from influxdb_client import Point, WritePrecision
+
+from isoperf.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+FieldValue = float | int | bool | str | None
+
+
+def line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldValue], t: float) -> str:
+    """One point in line protocol, stamped with event time ``t`` (Unix seconds) at ms precision.
+
+    Numbers are always written as floats, so a field never changes type between
+    points (InfluxDB rejects that); ``None`` and non-finite numbers are left out.
+    """
+    p = Point(measurement)
+    for k, v in tags.items():
+        p.tag(k, v)
+    n = 0
+    for k, fv in fields.items():
+        if fv is None:
+            continue
+        if isinstance(fv, bool) or isinstance(fv, str):
+            p.field(k, fv)
+        else:
+            x = float(fv)
+            if not math.isfinite(x):
+                continue
+            p.field(k, x)
+        n += 1
+    if n == 0:
+        raise ValueError(f"point {measurement} at {t} has no field")
+    p.time(round(t * 1000), WritePrecision.MS)
+    return str(p.to_line_protocol(precision=WritePrecision.MS))
+
+
+class InfluxError(RuntimeError):
+    """InfluxDB refused a request for a reason retrying will not fix."""
+
+
+class InfluxClient:
+    """A small async client for the 1.x HTTP API, with retry on transient failures."""
+
+    def __init__(self, settings: ServiceSettings, session: aiohttp.ClientSession | None = None) -> None:
+        self._url = settings.influx_url.rstrip("/")
+        self.database = settings.influx_database
+        self._auth: dict[str, str] = {}
+        self._headers: dict[str, str] = {}
+        if settings.influx_token is not None:
+            self._headers["Authorization"] = f"Token {settings.influx_token.get_secret_value()}"
+        elif settings.influx_username:
+            password = settings.influx_password.get_secret_value() if settings.influx_password else ""
+            self._auth = {"u": settings.influx_username, "p": password}
+        self._session = session
+        self._own_session = session is None
+
+    async def __aenter__(self) -> InfluxClient:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("InfluxClient used outside 'async with'")
+        return self._session
+
+    async def ping(self) -> bool:
+        try:
+            async with self.session.get(f"{self._url}/ping") as resp:
+                return resp.status == 204
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            return False
+
+    async def query(self, q: str, *, database: str | None = None, method: str = "GET") -> list[dict[str, Any]]:
+        """Run InfluxQL; return the series of the first statement as dicts with ``name``, ``tags``, ``columns``, ``values``.
+
+        Times come back as epoch milliseconds.
+        """
+        params = {"q": q, "epoch": "ms", **self._auth}
+        db = database if database is not None else self.database
+        if db:
+            params["db"] = db
+        async with self.session.request(method, f"{self._url}/query", params=params, headers=self._headers) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise InfluxError(f"query failed ({resp.status}): {body}")
+        results = body.get("results", [])
+        if not results:
+            return []
+        first = results[0]
+        if "error" in first:
+            raise InfluxError(f"query failed: {first['error']}")
+        series: list[dict[str, Any]] = first.get("series", [])
+        return series
+
+    async def rows(self, q: str) -> list[dict[str, Any]]:
+        """Run InfluxQL and return every row of every series as a dict (tags merged in)."""
+        out: list[dict[str, Any]] = []
+        for s in await self.query(q):
+            tags = s.get("tags") or {}
+            for values in s["values"]:
+                row = dict(zip(s["columns"], values, strict=True))
+                row.update(tags)
+                out.append(row)
+        return out
+
+    async def create_database(self) -> None:
+        await self.query(f'CREATE DATABASE "{self.database}"', database="", method="POST")
+
+    async def write_lines(self, lines: list[str]) -> None:
+        """POST lines once; raise ``InfluxError`` on a permanent refusal, aiohttp errors on transient ones."""
+        if not lines:
+            return
+        params = {"db": self.database, "precision": "ms", **self._auth}
+        data = "\n".join(lines).encode()
+        async with self.session.post(f"{self._url}/write", params=params, data=data, headers=self._headers) as resp:
+            if resp.status == 204:
+                return
+            text = await resp.text()
+            if resp.status >= 500 or resp.status == 429:
+                raise aiohttp.ClientResponseError(
+                    resp.request_info, resp.history, status=resp.status, message=text[:500]
+                )
+            raise InfluxError(f"write refused ({resp.status}): {text[:500]}")
+
+
+class InfluxWriter:
+    """Buffers lines and writes them in batches; retries transient failures with backoff.
+
+    ``flush`` returns only once everything buffered is stored (or permanently
+    refused, which is logged): callers acknowledge their input after it.
+    """
+
+    def __init__(self, client: InfluxClient, batch_size: int = 5000, max_backoff_s: float = 30.0) -> None:
+        self._client = client
+        self._buffer: list[str] = []
+        self._batch_size = batch_size
+        self._max_backoff_s = max_backoff_s
+        self.written = 0
+        self.refused = 0
+
+    def add(self, lines: Iterable[str]) -> None:
+        self._buffer.extend(lines)
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    async def flush(self) -> None:
+        while self._buffer:
+            batch = self._buffer[: self._batch_size]
+            await self._write_with_retry(batch)
+            del self._buffer[: len(batch)]
+
+    async def _write_with_retry(self, batch: list[str]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._client.write_lines(batch)
+                self.written += len(batch)
+                return
+            except InfluxError as exc:
+                # A partial write stores the good points and refuses the rest;
+                # retrying cannot help, and must not block the lines behind.
+                self.refused += len(batch)
+                log.error("InfluxDB refused a batch of %d lines: %s", len(batch), exc)
+                return
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                log.warning("InfluxDB write failed (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self._max_backoff_s)

@@ -1,0 +1,52 @@
+"""The InfluxDB points of the public interface, one function per measurement.
+
+Every point carries the tags ``theatre`` and ``session`` and is stamped with
+the message's own event time.
+"""
+
+from __future__ import annotations
+
+import json
+
+from isoperf.influx import line
+from isoperf.schemas import Event, LabSample, Leakage, Reading, SessionMeta
+
+
+def _tags(theatre: str, session: str, **extra: str) -> dict[str, str]:
+    return {"theatre": theatre, "session": session, **extra}
+
+
+def reading_lines(theatre: str, session: str, signal: str, readings: list[Reading]) -> list[str]:
+    is_counts = signal == "counts"
+    tags = _tags(theatre, session, signal=signal)
+    return [
+        line("reading", tags, {"value": r.v, "dt": r.dt if is_counts else None, "seq": r.seq}, r.t) for r in readings
+    ]
+
+
+def event_line(theatre: str, session: str, event: Event) -> str:
+    fields = event.model_dump(exclude={"t", "type"}, exclude_none=True)
+    fields["label"] = event.label()  # always present: an event may have no other field
+    return line("event", _tags(theatre, session, type=event.type), fields, event.t)
+
+
+def sample_line(theatre: str, session: str, sample: LabSample) -> str:
+    fields = {"melphalan_ug_ml": sample.melphalan_ug_ml, "sample_id": sample.sample_id}
+    return line("sample", _tags(theatre, session, site=sample.site), fields, sample.t)
+
+
+def session_line(theatre: str, session: str, meta: SessionMeta) -> str:
+    """Extension of contract v1: the ``session`` measurement holds each session's metadata."""
+    fields: dict[str, float | str | None] = {
+        "procedure": meta.procedure,
+        "isotope": meta.isotope,
+        "weight_kg": meta.weight_kg,
+        "circuit_volume_ml": meta.circuit_volume_ml,
+        "melphalan_mg_per_kg": meta.melphalan_mg_per_kg,
+        "thresholds": json.dumps(meta.thresholds) if meta.thresholds else None,
+    }
+    return line("session", _tags(theatre, session), fields, meta.t)
+
+
+def leakage_line(theatre: str, session: str, leakage: Leakage) -> str:
+    return line("leakage", _tags(theatre, session), leakage.model_dump(exclude={"t"}), leakage.t)

@@ -1,0 +1,202 @@
+"""Pydantic models of every payload of the public interface (contract v1).
+
+Validation happens once, at the edge: every model is frozen, rejects NaN and
+infinities, and forbids unknown keys, so a typo in a hand-published message
+is reported rather than silently ignored. ``docs/interface.md`` describes the
+same interface in prose.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+# Event time: Unix seconds, UTC. Bounded to 2000-01-01 .. 2100-01-01 so that a
+# value in milliseconds or a zero is rejected instead of stored decades away.
+T_MIN = 946_684_800.0
+T_MAX = 4_102_444_800.0
+EventTime = Annotated[float, Field(ge=T_MIN, le=T_MAX)]
+
+Signal = Literal["counts", "flow", "pressure", "temperature", "reservoir"]
+SIGNALS: tuple[Signal, ...] = ("counts", "flow", "pressure", "temperature", "reservoir")
+
+# Physical plausibility per signal: a value outside is a device fault or a unit
+# error, never a reading to store. Wide on purpose: alert limits are separate.
+SIGNAL_RANGES: dict[str, tuple[float, float]] = {
+    "counts": (0.0, 1e9),
+    "flow": (-50.0, 10_000.0),  # mL/min; a small negative is zero-offset drift
+    "pressure": (-100.0, 1_000.0),  # mmHg
+    "temperature": (0.0, 50.0),  # degC
+    "reservoir": (-50.0, 10_000.0),  # mL
+}
+
+Procedure = Literal["IHHP", "IHP", "ILP"]
+Isotope = Literal["Tc-99m", "I-131", "In-111"]
+EventType = Literal[
+    "session_start",
+    "calibration_dose",
+    "perfusion_dose",
+    "drug_start",
+    "drug_stop",
+    "washout_start",
+    "washout_end",
+    "isolation_end",
+    "session_end",
+    "note",
+]
+LeakageState = Literal["background", "calibrating", "calibrated", "monitoring", "washout", "ended"]
+Severity = Literal["advisory", "warning", "critical", "stop"]
+
+_STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class _Model(BaseModel):
+    model_config = _STRICT
+
+
+class Reading(_Model):
+    """One sample of one signal. ``dt`` is the counting interval ending at ``t``."""
+
+    t: EventTime
+    v: float
+    dt: float = Field(default=1.0, gt=0.0, le=3600.0)
+    seq: int | None = Field(default=None, ge=0)
+
+
+class ReadingBatch(_Model):
+    """A batch of ``[t, v]`` pairs sharing one counting interval ``dt``."""
+
+    samples: list[tuple[EventTime, float]] = Field(min_length=1, max_length=100_000)
+    dt: float = Field(default=1.0, gt=0.0, le=3600.0)
+
+
+def readings_of(payload: Reading | ReadingBatch) -> list[Reading]:
+    """Flatten a single reading or a batch into readings."""
+    if isinstance(payload, Reading):
+        return [payload]
+    return [Reading(t=t, v=v, dt=payload.dt) for t, v in payload.samples]
+
+
+def check_signal_range(signal: str, readings: list[Reading]) -> None:
+    """Raise ``ValueError`` if any reading lies outside the signal's physical range."""
+    low, high = SIGNAL_RANGES[signal]
+    for r in readings:
+        if not low <= r.v <= high:
+            raise ValueError(f"{signal} value {r.v!r} at t={r.t} outside [{low}, {high}]")
+
+
+class SessionMeta(_Model):
+    """Retained session metadata. Never carries a patient's name or number."""
+
+    t: EventTime
+    procedure: Procedure
+    isotope: Isotope
+    weight_kg: float = Field(gt=0.0, le=400.0)
+    circuit_volume_ml: float = Field(gt=0.0, le=20_000.0)
+    melphalan_mg_per_kg: float = Field(gt=0.0, le=10.0)
+    thresholds: dict[str, float] | None = None
+
+    @field_validator("thresholds")
+    @classmethod
+    def _finite_thresholds(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and not all(math.isfinite(x) for x in v.values()):
+            raise ValueError("thresholds must be finite numbers")
+        return v
+
+
+class Event(_Model):
+    """A procedure event. Extra fields depend on ``type`` (see docs/interface.md)."""
+
+    t: EventTime
+    type: EventType
+    activity_mbq: float | None = Field(default=None, gt=0.0, le=100_000.0)
+    dose_mg: float | None = Field(default=None, gt=0.0, le=2_000.0)
+    mode: Literal["bolus", "infusion"] | None = None
+    duration_s: float | None = Field(default=None, gt=0.0, le=86_400.0)
+    volume_ml: float | None = Field(default=None, gt=0.0, le=100_000.0)
+    text: str | None = Field(default=None, max_length=2_000)
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> Event:
+        if self.type in ("calibration_dose", "perfusion_dose") and self.activity_mbq is None:
+            raise ValueError(f"{self.type} needs activity_mbq")
+        if self.type == "drug_start":
+            if self.dose_mg is None or self.mode is None:
+                raise ValueError("drug_start needs dose_mg and mode")
+            if self.mode == "infusion" and self.duration_s is None:
+                raise ValueError("an infusion needs duration_s")
+        if self.type == "note" and not self.text:
+            raise ValueError("a note needs text")
+        return self
+
+    def label(self) -> str:
+        """A short human-readable description, for logs and dashboard annotations."""
+        parts = [self.type.replace("_", " ")]
+        if self.activity_mbq is not None:
+            parts.append(f"{self.activity_mbq:g} MBq")
+        if self.dose_mg is not None:
+            parts.append(f"{self.dose_mg:g} mg")
+        if self.mode is not None:
+            parts.append(self.mode)
+        if self.duration_s is not None:
+            parts.append(f"over {self.duration_s:g} s")
+        if self.volume_ml is not None:
+            parts.append(f"{self.volume_ml:g} mL")
+        if self.text:
+            parts.append(self.text)
+        return " ".join(parts)
+
+
+class LabSample(_Model):
+    """A laboratory result for a blood sample, stamped with its draw time."""
+
+    t: EventTime
+    site: Literal["circuit", "systemic"]
+    melphalan_ug_ml: float = Field(ge=0.0, le=10_000.0)
+    sample_id: str | None = Field(default=None, max_length=128)
+
+
+class Leakage(_Model):
+    """A leakage estimate. The numbers are absent until the session is calibrated."""
+
+    t: EventTime
+    state: LeakageState
+    percent: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    rate_pct_min: float | None = None
+    # Extensions of contract v1 (optional fields):
+    rate_se_pct_min: float | None = None
+    step: bool | None = None
+
+
+class Alert(_Model):
+    t: EventTime
+    id: str = Field(min_length=1, max_length=128)
+    rule: str = Field(min_length=1, max_length=128)
+    severity: Severity
+    status: Literal["firing", "resolved"]
+    value: float
+    threshold: float
+    message: str = Field(max_length=2_000)
+
+
+class AlertAck(_Model):
+    t: EventTime
+    id: str = Field(min_length=1, max_length=128)
+    by: str = Field(min_length=1, max_length=128)
+
+
+def parse_reading_payload(data: Any) -> Reading | ReadingBatch:
+    """Validate a ``raw/{signal}`` payload (one sample or a batch)."""
+    if isinstance(data, dict) and "samples" in data:
+        return ReadingBatch.model_validate(data)
+    return Reading.model_validate(data)

@@ -1,0 +1,228 @@
+"""A local stack of real servers: Mosquitto and InfluxDB 1.x from the Debian packages,
+run as local processes on loopback ports with their data in one directory.
+
+Used by ``isoperf stack``, by the demo and by the test fixtures (on free ports
+in temporary directories).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+INSTALL_HINT = "install them with: sudo apt-get install mosquitto influxdb   (or run scripts/bootstrap as root)"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_binary(name: str, extra_dirs: tuple[str, ...] = ("/usr/sbin", "/usr/bin")) -> str:
+    path = shutil.which(name)
+    if path:
+        return path
+    for d in extra_dirs:
+        candidate = Path(d) / name
+        if candidate.exists():
+            return str(candidate)
+    raise StackError(f"{name} not found; {INSTALL_HINT}")
+
+
+class LocalStack:
+    """Mosquitto and InfluxDB as child processes. Use as a context manager or call start/stop."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        mqtt_port: int | None = None,
+        influx_port: int | None = None,
+        database: str = "perfusion",
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.directory = directory.resolve()
+        self.host = host
+        self.mqtt_port = mqtt_port or free_port()
+        self.influx_port = influx_port or free_port()
+        self.database = database
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def influx_url(self) -> str:
+        return f"http://{self.host}:{self.influx_port}"
+
+    def env(self) -> dict[str, str]:
+        """The ``ISOPERF_*`` variables that point a service at this stack."""
+        return {
+            "ISOPERF_MQTT_HOST": self.host,
+            "ISOPERF_MQTT_PORT": str(self.mqtt_port),
+            "ISOPERF_INFLUX_URL": self.influx_url,
+            "ISOPERF_INFLUX_DATABASE": self.database,
+            "ISOPERF_DEADLETTER_DIR": str(self.directory / "deadletter"),
+        }
+
+    # -- configuration -----------------------------------------------------------------
+
+    def _mosquitto_conf(self) -> Path:
+        d = self.directory / "mosquitto"
+        d.mkdir(parents=True, exist_ok=True)
+        conf = d / "mosquitto.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    f"listener {self.mqtt_port} {self.host}",
+                    "allow_anonymous true",
+                    # Run as whoever started us (as root, mosquitto would switch to 'mosquitto').
+                    f"user {getpass.getuser()}",
+                    "persistence true",
+                    f"persistence_location {d}/",
+                    "autosave_interval 5",
+                    # Keep what an offline persistent client has not acknowledged
+                    # (the default of 1000 would drop the rest).
+                    "max_queued_messages 10000000",
+                    "max_inflight_messages 100",
+                    "max_packet_size 33554432",
+                    f"log_dest file {d}/mosquitto.log",
+                    "log_type error",
+                    "log_type warning",
+                    "log_type notice",
+                    "",
+                ]
+            )
+        )
+        return conf
+
+    def _influx_conf(self) -> Path:
+        d = self.directory / "influxdb"
+        d.mkdir(parents=True, exist_ok=True)
+        conf = d / "influxdb.conf"
+        conf.write_text(
+            f"""reporting-disabled = true
+bind-address = "{self.host}:{free_port()}"
+[meta]
+  dir = "{d}/meta"
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  query-log-enabled = false
+[monitor]
+  store-enabled = false
+[http]
+  enabled = true
+  bind-address = "{self.host}:{self.influx_port}"
+  auth-enabled = false
+  log-enabled = false
+[logging]
+  level = "warn"
+"""
+        )
+        return conf
+
+    # -- processes ------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 60.0) -> LocalStack:
+        mosquitto = find_binary("mosquitto")
+        influxd = find_binary("influxd")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._spawn("mosquitto", [mosquitto, "-c", str(self._mosquitto_conf())])
+            self._spawn("influxd", [influxd, "-config", str(self._influx_conf())])
+            deadline = time.monotonic() + timeout_s
+            self._wait(lambda: self._tcp_open(self.mqtt_port), "mosquitto", deadline)
+            self._wait(self._influx_ready, "influxd", deadline)
+            self.create_database()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = (self.directory / f"{name}.log").open("ab")
+        self._procs[name] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        log.close()
+
+    def _wait(self, ready: object, name: str, deadline: float) -> None:
+        assert callable(ready)
+        while time.monotonic() < deadline:
+            proc = self._procs[name]
+            if proc.poll() is not None:
+                tail = (self.directory / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise StackError(f"{name} exited with {proc.returncode}:\n{tail}")
+            if ready():
+                return
+            time.sleep(0.1)
+        raise StackError(f"{name} did not answer in time; see {self.directory / (name + '.log')}")
+
+    def _tcp_open(self, port: int) -> bool:
+        try:
+            with socket.create_connection((self.host, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def _influx_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.influx_url}/ping", timeout=1) as resp:
+                return bool(resp.status == 204)
+        except OSError:
+            return False
+
+    def create_database(self) -> None:
+        self.influxql(f'CREATE DATABASE "{self.database}"')
+
+    def influxql(self, q: str) -> list[dict[str, object]]:
+        """Run one InfluxQL statement synchronously (for set-up, the CLI and tests)."""
+        data = urllib.parse.urlencode({"q": q, "db": self.database, "epoch": "ms"}).encode()
+        with urllib.request.urlopen(f"{self.influx_url}/query", data=data, timeout=30) as resp:
+            body = json.loads(resp.read())
+        result = body["results"][0]
+        if "error" in result:
+            raise StackError(result["error"])
+        series: list[dict[str, object]] = result.get("series", [])
+        return series
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self._procs.items():
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                print(f"{name} did not stop on SIGTERM and was killed")
+        self._procs.clear()
+
+    def kill_broker(self) -> None:
+        """Stop Mosquitto abruptly (for failure tests); ``restart_broker`` brings it back."""
+        proc = self._procs["mosquitto"]
+        proc.kill()
+        proc.wait()
+
+    def restart_broker(self, timeout_s: float = 20.0) -> None:
+        self._spawn("mosquitto", [find_binary("mosquitto"), "-c", str(self._mosquitto_conf())])
+        self._wait(lambda: self._tcp_open(self.mqtt_port), "mosquitto", time.monotonic() + timeout_s)
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,272 @@
+"""A simulated isolated hepatic perfusion (IHHP): the theatre equipment in numbers.
+
+Pure and deterministic for a given seed: ``simulate`` returns the whole session
+(metadata, events, readings) plus the true leakage it simulated, which is kept
+apart from the clinical data and never published on a clinical topic.
+
+Physical model of the precordial probe (count rate, cps), with ``s`` the probe's
+sensitivity to tracer spread homogeneously in the body (cps per MBq) and
+``d(t) = exp(-lambda * t)`` physical decay::
+
+    rate(t) = B
+            + s * A_cal  * d(t - t_cal)  * m_cal(t)             calibration dose, mixing in
+            + s * A_perf * d(t - t_perf) * L(t) / 100            circuit tracer leaked to the body
+            + S *          d(t - t_perf) * c(t) * (1 - L/100)    shine-through of the circuit
+
+``L(t)`` is the true leakage in percent (100 = all circuit tracer spread through
+the body), ``S`` the shine-through step as seen right after the circuit dose,
+``m_cal`` the calibration dose's first pass and mixing (plateau within about
+7 minutes), ``c(t)`` the circuit's own mixing and its emptying during washout.
+Counts in an interval ``dt`` are Poisson with mean ``rate * dt``.
+
+Timeline (defaults, seconds from session start), after the IHHP series in
+shared/domain.md: 5 min background; calibration dose; isolation and circuit at
+16 min; circuit tracer at 17 min; melphalan 1 mg/kg as a 10-minute infusion at
+20 min; 25 minutes of drug perfusion; a 1 L washout; clamps off; 15 minutes of
+observation after release.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from isoperf.isotopes import decay_constant_per_s
+from isoperf.schemas import Event, Reading, SessionMeta
+
+LeakKind = Literal["none", "steady", "step"]
+
+
+@dataclass(frozen=True)
+class LeakScenario:
+    """What leaks, when. Times are seconds after the circuit tracer (``perfusion_dose``).
+
+    ``steady``: a constant leak of ``rate_pct_min`` from ``onset_s``.
+    ``step``: ``step_pct`` at ``step_at_s``: a slug of perfusate entering the
+    systemic circulation through a slipping clamp, mixing in with time constant
+    ``step_tau_s``.
+    ``release_pct``: the rise after the clamps come off (IHHP series: median 7 %,
+    range 4 to 10 %), time constant ``release_tau_s``; 0 turns it off.
+    """
+
+    kind: LeakKind = "none"
+    rate_pct_min: float = 0.3
+    onset_s: float = 180.0
+    step_pct: float = 2.0
+    step_at_s: float = 900.0
+    step_tau_s: float = 90.0
+    release_pct: float = 7.0
+    release_tau_s: float = 150.0
+
+    def percent(self, t_rel: np.ndarray) -> np.ndarray:
+        """True leakage (%) before release, at times relative to the circuit dose."""
+        if self.kind == "steady":
+            return self.rate_pct_min * np.clip(t_rel - self.onset_s, 0.0, None) / 60.0
+        if self.kind == "step":
+            since = np.clip(t_rel - self.step_at_s, 0.0, None)
+            return self.step_pct * -np.expm1(-since / self.step_tau_s)
+        return np.zeros_like(t_rel)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """A simulated session. Defaults follow an IHHP of the Erasmus MC series."""
+
+    start_t: float = 1_767_225_600.0  # 2026-01-01T00:00:00Z; the service uses the wall clock
+    procedure: Literal["IHHP", "IHP", "ILP"] = "IHHP"
+    isotope: Literal["Tc-99m", "I-131", "In-111"] = "Tc-99m"
+    weight_kg: float = 75.0
+    circuit_volume_ml: float = 220.0
+    melphalan_mg_per_kg: float = 1.0
+    # Probe
+    background_cps: float = 40.0
+    calibration_rise_cps: float = 300.0
+    calibration_activity_mbq: float = 20.0
+    activity_ratio: float = 10.0  # k = A_perf / A_cal
+    shine_through_fraction: float = 0.0  # step at the circuit dose, as a fraction of the calibration rise
+    calibration_drift_pct_h: float = 0.0  # slow fall of the calibration plateau (albumin leaving)
+    counts_dt_s: float = 1.0
+    vitals_dt_s: float = 1.0
+    # Timeline, seconds from start
+    calibration_at_s: float = 300.0
+    isolation_at_s: float = 960.0
+    perfusion_dose_at_s: float = 1020.0
+    drug_start_at_s: float = 1200.0
+    infusion_s: float = 600.0
+    perfusion_s: float = 1500.0
+    washout_ml: float = 1000.0
+    observation_s: float = 900.0
+    # Circuit
+    flow_ml_min: float = 200.0
+    resistance_mmhg_per_ml_min: float = 0.35
+    temperature_target_c: float = 39.0
+    reservoir_ml: float = 150.0
+    leak: LeakScenario = field(default_factory=LeakScenario)
+
+    @property
+    def drug_stop_at_s(self) -> float:
+        return self.drug_start_at_s + self.perfusion_s
+
+    @property
+    def washout_s(self) -> float:
+        return 60.0 * self.washout_ml / self.flow_ml_min
+
+    @property
+    def isolation_end_at_s(self) -> float:
+        return self.drug_stop_at_s + self.washout_s + 60.0
+
+    @property
+    def duration_s(self) -> float:
+        return self.isolation_end_at_s + self.observation_s
+
+
+@dataclass
+class SimulatedSession:
+    """Everything the equipment would send, in event time, plus the truth kept apart."""
+
+    config: SimConfig
+    meta: SessionMeta
+    events: list[Event]
+    readings: dict[str, list[tuple[float, float]]]
+    truth: list[tuple[float, float]]  # (t, true leakage %) at each counts sample
+
+    def timeline(self) -> Iterator[tuple[float, str, Event | Reading]]:
+        """Every event and reading in time order, as ``(t, kind, item)``; kind is ``event`` or a signal.
+
+        At equal times an event comes first, as a device would announce it.
+        """
+        items: list[tuple[float, int, str, Event | Reading]] = [(e.t, 0, "event", e) for e in self.events]
+        for signal, samples in self.readings.items():
+            dt = self.config.counts_dt_s if signal == "counts" else self.config.vitals_dt_s
+            items.extend((t, 1, signal, Reading(t=t, v=v, dt=dt)) for t, v in samples)
+        items.sort(key=lambda x: (x[0], x[1]))
+        for t, _, kind, item in items:
+            yield t, kind, item
+
+
+def _ramp(t: np.ndarray, start: float, tau: float) -> np.ndarray:
+    """0 before ``start``, then ``1 - exp(-(t - start) / tau)``."""
+    return -np.expm1(-np.clip(t - start, 0.0, None) / tau)
+
+
+def _decay(t: np.ndarray, since: float, lam: float) -> np.ndarray:
+    return np.exp(-lam * (t - since))
+
+
+def true_count_rate(cfg: SimConfig, t_abs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Expected count rate (cps) and true leakage (%) at absolute times ``t_abs``."""
+    lam = decay_constant_per_s(cfg.isotope)
+    t = t_abs - cfg.start_t
+    t_cal, t_perf = cfg.calibration_at_s, cfg.perfusion_dose_at_s
+    s = cfg.calibration_rise_cps / cfg.calibration_activity_mbq
+    a_cal = cfg.calibration_activity_mbq
+    a_perf = cfg.activity_ratio * a_cal
+
+    # Calibration dose: first pass over the heart (a bump peaking ~15 s after
+    # injection), then mixing through the body (time constant 90 s).
+    since_cal = np.clip(t - t_cal, 0.0, None)
+    first_pass = 0.8 * (since_cal / 15.0) * np.exp(1.0 - since_cal / 15.0)
+    m_cal = np.where(t >= t_cal, _ramp(t, t_cal, 90.0) + first_pass, 0.0)
+    drift = 1.0 - cfg.calibration_drift_pct_h / 100.0 * np.clip(t - t_cal, 0.0, None) / 3600.0
+    cal = s * a_cal * _decay(t, t_cal, lam) * m_cal * drift
+
+    leak_pct = np.where(t >= t_perf, cfg.leak.percent(t - t_perf), 0.0)
+    if cfg.leak.release_pct > 0:
+        leak_pct = leak_pct + cfg.leak.release_pct * _ramp(t, cfg.isolation_end_at_s, cfg.leak.release_tau_s)
+    leak_pct = np.minimum(leak_pct, 100.0)
+    perf_decay = np.where(t >= t_perf, _decay(t, t_perf, lam), 0.0)
+    leaked = s * a_perf * perf_decay * leak_pct / 100.0
+
+    # The circuit mixes within a minute; the washout replaces its volume ~5 times.
+    washout_start = cfg.drug_stop_at_s
+    washed = np.clip(t - washout_start, 0.0, cfg.washout_s) / cfg.washout_s
+    circuit_left = np.exp(-3.0 * washed)
+    circuit_left = np.where(t >= cfg.isolation_end_at_s, 0.0, circuit_left)
+    shine = cfg.shine_through_fraction * cfg.calibration_rise_cps
+    shine_term = shine * perf_decay * _ramp(t, t_perf, 15.0) * circuit_left * (1.0 - leak_pct / 100.0)
+
+    return cfg.background_cps + cal + leaked + shine_term, leak_pct
+
+
+def _events(cfg: SimConfig) -> list[Event]:
+    t0 = cfg.start_t
+    dose_mg = round(cfg.melphalan_mg_per_kg * cfg.weight_kg, 1)
+    a_cal = cfg.calibration_activity_mbq
+    return [
+        Event(t=t0, type="session_start"),
+        Event(t=t0 + cfg.calibration_at_s, type="calibration_dose", activity_mbq=a_cal),
+        Event(t=t0 + cfg.isolation_at_s, type="note", text="isolation established, circuit running"),
+        Event(t=t0 + cfg.perfusion_dose_at_s, type="perfusion_dose", activity_mbq=a_cal * cfg.activity_ratio),
+        Event(
+            t=t0 + cfg.drug_start_at_s, type="drug_start", dose_mg=dose_mg, mode="infusion", duration_s=cfg.infusion_s
+        ),
+        Event(t=t0 + cfg.drug_stop_at_s, type="drug_stop"),
+        Event(t=t0 + cfg.drug_stop_at_s, type="washout_start", volume_ml=cfg.washout_ml),
+        Event(t=t0 + cfg.drug_stop_at_s + cfg.washout_s, type="washout_end", volume_ml=cfg.washout_ml),
+        Event(t=t0 + cfg.isolation_end_at_s, type="isolation_end"),
+        Event(t=t0 + cfg.duration_s, type="session_end"),
+    ]
+
+
+def _grid(cfg: SimConfig, dt: float) -> np.ndarray:
+    n = int(math.floor(cfg.duration_s / dt))
+    return cfg.start_t + dt * np.arange(1, n + 1)
+
+
+def simulate(cfg: SimConfig, seed: int = 0) -> SimulatedSession:
+    """Simulate one whole session."""
+    rng = np.random.default_rng(seed)
+    meta = SessionMeta(
+        t=cfg.start_t,
+        procedure=cfg.procedure,
+        isotope=cfg.isotope,
+        weight_kg=cfg.weight_kg,
+        circuit_volume_ml=cfg.circuit_volume_ml,
+        melphalan_mg_per_kg=cfg.melphalan_mg_per_kg,
+    )
+
+    # Probe: counts over the interval (t - dt, t], mean rate at its midpoint.
+    tc = _grid(cfg, cfg.counts_dt_s)
+    rate, _ = true_count_rate(cfg, tc - cfg.counts_dt_s / 2)
+    counts = rng.poisson(rate * cfg.counts_dt_s).astype(float)
+    _, truth = true_count_rate(cfg, tc)
+
+    tv = _grid(cfg, cfg.vitals_dt_s)
+    rel = tv - cfg.start_t
+    pumping = (rel >= cfg.isolation_at_s) & (rel < cfg.drug_stop_at_s + cfg.washout_s)
+    flow = np.where(pumping, cfg.flow_ml_min * _ramp(tv, cfg.start_t + cfg.isolation_at_s, 20.0), 0.0)
+    flow = np.where(pumping, flow + rng.normal(0, 1.5, tv.size), 0.0)
+    pulse = 3.0 * np.sin(2 * np.pi * rel / 7.3)  # roller-pump ripple, aliased by 1 Hz sampling
+    pressure = np.where(
+        pumping, flow * cfg.resistance_mmhg_per_ml_min + pulse + rng.normal(0, 1.5, tv.size), 4.0 + rng.normal(0, 0.8, tv.size)
+    )
+    heating = _ramp(tv, cfg.start_t + cfg.isolation_at_s, 300.0)
+    cooling = _ramp(tv, cfg.start_t + cfg.drug_stop_at_s, 240.0)
+    temp = 36.5 + (cfg.temperature_target_c - 36.5) * heating * (1 - cooling) + rng.normal(0, 0.03, tv.size)
+    _, leak_v = true_count_rate(cfg, tv)
+    in_circuit = (rel >= cfg.isolation_at_s) & (rel < cfg.isolation_end_at_s)
+    # Perfusate lost to the body shows as a falling bubble-trap level.
+    lost_ml = np.where(in_circuit, leak_v / 100.0 * cfg.circuit_volume_ml, 0.0)
+    reservoir = np.where(in_circuit, cfg.reservoir_ml - lost_ml, 0.0) + rng.normal(0, 0.8, tv.size)
+    reservoir = np.clip(reservoir, 0.0, None)
+
+    def pairs(t: np.ndarray, v: np.ndarray, digits: int) -> list[tuple[float, float]]:
+        return [(round(float(a), 3), round(float(b), digits)) for a, b in zip(t, v, strict=True)]
+
+    return SimulatedSession(
+        config=cfg,
+        meta=meta,
+        events=_events(cfg),
+        readings={
+            "counts": pairs(tc, counts, 0),
+            "flow": pairs(tv, flow, 1),
+            "pressure": pairs(tv, pressure, 1),
+            "temperature": pairs(tv, temp, 2),
+            "reservoir": pairs(tv, reservoir, 1),
+        },
+        truth=pairs(tc, truth, 6),
+    )

@@ -1,0 +1,334 @@
+"""Systemic leakage from precordial probe counts: pure, deterministic, no I/O.
+
+Method (shared/domain.md, after the IHHP and Lausanne series)::
+
+    L(t) = 100 * (C*(t) - C_0) / (k * (C_cal - B))
+    C*(t) = B + (C(t) - B) * exp(lambda * (t - t_cal))
+
+* ``B``: background count rate (cps), all counts before the calibration dose.
+* ``C_cal``: the calibration plateau, found automatically once the
+  decay-corrected rate is stable: a weighted linear fit over the last
+  ``plateau_window_s`` must have a slope that is neither statistically
+  significant nor larger than ``plateau_max_change`` of the rise over the
+  window. It then averages everything from the start of that window up to the
+  circuit dose.
+* ``C_0``: the mean corrected rate ``zero_start_s`` to ``zero_end_s`` after the
+  circuit dose, once the circuit has mixed, so a shine-through step from a
+  circuit near the probe is not read as leakage.
+* ``k = A_perf / A_cal`` from the two events. Each activity is taken as
+  measured at its own injection; the circuit dose is decay-corrected to the
+  calibration time, the reference of ``C*``: ``k = A_perf/A_cal * exp(lambda *
+  (t_perf - t_cal))``.
+
+Counts are Poisson. Each count interval gives a reading ``y`` of leakage with
+variance from the expected counts; a local-linear-trend Kalman filter (level in
+%, rate in %/s) smooths them. A two-sided CUSUM on the standardised
+innovations detects a sudden step and lets the filter jump to it instead of
+creeping. The 95 % interval adds, in quadrature, the filter's variance, the
+uncertainty of ``C_0`` and the relative uncertainty of the calibration rise.
+
+Everything runs on event time, so the same samples and events give the same
+series, live, replayed, or after a restart.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from isoperf.isotopes import decay_constant_per_s
+
+Z95 = 1.959963984540054
+DUPLICATE_S = 0.0005  # samples closer than this are the same sample (storage keeps ms)
+
+
+@dataclass(frozen=True)
+class EstimatorParams:
+    plateau_min_wait_s: float = 120.0
+    plateau_window_s: float = 180.0
+    plateau_max_change: float = 0.02
+    zero_start_s: float = 60.0
+    zero_end_s: float = 120.0
+    output_interval_s: float = 1.0
+    # Local linear trend: random walk of the rate (%/s)^2 per s, of the level %^2 per s.
+    q_rate: float = 1e-7
+    q_level: float = 1e-5
+    cusum_k: float = 0.5
+    cusum_h: float = 8.0
+    step_rate_var: float = 1e-4  # (%/s)^2, rate variance after a change seen in fewer than 3 readings
+
+
+@dataclass(frozen=True)
+class LeakagePoint:
+    t: float
+    state: str
+    percent: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    rate_pct_min: float | None = None
+    rate_se_pct_min: float | None = None
+    step: bool | None = None
+
+
+@dataclass
+class _Reference:
+    """What the formula needs once the zero point is set (all rates in cps)."""
+
+    background: float
+    background_var: float
+    rise: float  # C_cal - B, decay-corrected
+    rise_var: float
+    zero: float  # C_0 - B, decay-corrected
+    zero_var: float
+    k: float
+
+
+@dataclass
+class _Filter:
+    level: float = 0.0
+    rate: float = 0.0
+    p: np.ndarray = field(default_factory=lambda: np.diag([1e-4, (0.1 / 60) ** 2]))
+    t: float = 0.0
+    g_up: float = 0.0
+    g_down: float = 0.0
+    # Readings since the CUSUM last left zero: (t, y, variance), for re-estimating after a change.
+    run: list[tuple[float, float, float]] = field(default_factory=list)
+
+
+_EVENT_KINDS = ("calibration_dose", "perfusion_dose", "washout_start", "washout_end", "isolation_end", "session_end")
+
+
+class LeakageEstimator:
+    """The leakage of one session. Feed counts and events in any order; ``update`` returns new points."""
+
+    def __init__(self, params: EstimatorParams | None = None) -> None:
+        self.params = params or EstimatorParams()
+        self._lam: float | None = None
+        self.events: dict[str, tuple[float, float | None]] = {}  # type -> (t, activity)
+        self._t: list[float] = []
+        self._n: list[float] = []
+        self._dt: list[float] = []
+        self.duplicates = 0
+        self._emitted_until = -math.inf
+        self._reset()
+
+    # -- input ----------------------------------------------------------------------
+
+    def set_isotope(self, isotope: str) -> None:
+        lam = decay_constant_per_s(isotope)
+        if lam != self._lam:
+            self._lam = lam
+            self._reset()
+
+    def add_event(self, kind: str, t: float, activity_mbq: float | None = None) -> bool:
+        """Record an event; a repeated one of the same kind is ignored. Returns whether it was new."""
+        if kind not in _EVENT_KINDS or kind in self.events:
+            return False
+        self.events[kind] = (t, activity_mbq)
+        if self._done and t <= self._t[self._done - 1]:
+            self._reset()  # a late event changes phases already processed
+        return True
+
+    def add_counts(self, t: float, counts: float, dt: float) -> bool:
+        """Add one count interval ending at ``t``; a repeated ``t`` (to the stored ms) is ignored."""
+        i = bisect.bisect_left(self._t, t - DUPLICATE_S)
+        if i < len(self._t) and self._t[i] <= t + DUPLICATE_S:
+            self.duplicates += 1
+            return False
+        self._t.insert(i, t)
+        self._n.insert(i, counts)
+        self._dt.insert(i, dt)
+        if i < self._done:
+            self._reset()  # late sample: recompute from the start, emit only new times
+        return True
+
+    @property
+    def last_t(self) -> float | None:
+        return self._t[-1] if self._t else None
+
+    # -- processing --------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._done = 0
+        self._plateau_start: float | None = None
+        self._ref: _Reference | None = None
+        self._filter: _Filter | None = None
+
+    def update(self) -> list[LeakagePoint]:
+        """Process every sample not processed yet; return the points at times not emitted before."""
+        out: list[LeakagePoint] = []
+        while self._done < len(self._t):
+            i = self._done
+            point = self._step(i)
+            self._done += 1
+            t = self._t[i]
+            if t >= self._emitted_until + self.params.output_interval_s - 1e-9:
+                out.append(point)
+                self._emitted_until = t
+        return out
+
+    def _event_t(self, kind: str) -> float | None:
+        e = self.events.get(kind)
+        return e[0] if e else None
+
+    def _phase_state(self, t: float) -> str:
+        for kind, state in (("session_end", "ended"), ("washout_end", "monitoring"), ("washout_start", "washout")):
+            te = self._event_t(kind)
+            if te is not None and t >= te:
+                return state
+        return "monitoring"
+
+    def _step(self, i: int) -> LeakagePoint:
+        t = self._t[i]
+        t_cal = self._event_t("calibration_dose")
+        if t_cal is None or t <= t_cal or self._lam is None:
+            return LeakagePoint(t=t, state="background" if t_cal is None or t <= t_cal else "calibrating")
+        if self._plateau_start is None:
+            self._plateau_start = self._find_plateau(i, t_cal)
+            if self._plateau_start is None:
+                return LeakagePoint(t=t, state="calibrating")
+        t_perf = self._event_t("perfusion_dose")
+        if t_perf is None or t < t_perf + self.params.zero_end_s:
+            return LeakagePoint(t=t, state="calibrated")
+        if self._ref is None:
+            self._ref = self._reference(t_cal, t_perf)
+            if self._ref is None:
+                return LeakagePoint(t=t, state="calibrated")
+            self._filter = _Filter(t=t_perf + self.params.zero_end_s)
+        assert self._filter is not None
+        return self._filter_step(i, t_cal, self._ref, self._filter)
+
+    # -- calibration ---------------------------------------------------------------------
+
+    def _corrected_rise(self, lo: int, hi: int, t_cal: float, background: float) -> tuple[np.ndarray, ...]:
+        """Times, decay-corrected rise above background (cps), its Poisson variance and weights for samples lo:hi."""
+        assert self._lam is not None
+        t = np.asarray(self._t[lo:hi])
+        n = np.asarray(self._n[lo:hi])
+        dt = np.asarray(self._dt[lo:hi])
+        mid = t - dt / 2
+        corr = np.exp(self._lam * (mid - t_cal))
+        rise = (n / dt - background) * corr
+        var = np.maximum(n, 1.0) / dt**2 * corr**2
+        return mid, rise, var, dt
+
+    def _background(self, t_cal: float) -> tuple[float, float]:
+        j = bisect.bisect_right(self._t, t_cal)
+        n = sum(self._n[:j])
+        dt = sum(self._dt[:j])
+        if dt <= 0:
+            return 0.0, math.inf
+        return n / dt, max(n, 1.0) / dt**2
+
+    def _find_plateau(self, i: int, t_cal: float) -> float | None:
+        p = self.params
+        t = self._t[i]
+        if t - t_cal < p.plateau_min_wait_s + p.plateau_window_s:
+            return None
+        background, _ = self._background(t_cal)
+        lo = bisect.bisect_left(self._t, t - p.plateau_window_s)
+        mid, rise, var, _ = self._corrected_rise(lo, i + 1, t_cal, background)
+        if mid.size < 10:
+            return None
+        w = 1.0 / var
+        x = mid - np.average(mid, weights=w)
+        level = float(np.average(rise, weights=w))
+        slope = float(np.sum(w * x * rise) / np.sum(w * x * x))
+        slope_se = math.sqrt(1.0 / float(np.sum(w * x * x)))
+        if level <= 0:
+            return None
+        change = abs(slope) * p.plateau_window_s / level
+        if abs(slope) <= 2.0 * slope_se and change <= p.plateau_max_change:
+            return t - p.plateau_window_s
+        return None
+
+    def _mean_rise(self, t0: float, t1: float, t_cal: float, background: float) -> tuple[float, float] | None:
+        lo = bisect.bisect_right(self._t, t0)
+        hi = bisect.bisect_right(self._t, t1)
+        if hi - lo < 3:
+            return None
+        _, rise, var, dt = self._corrected_rise(lo, hi, t_cal, background)
+        total = float(np.sum(dt))
+        mean = float(np.sum(rise * dt)) / total
+        return mean, float(np.sum(var * dt**2)) / total**2
+
+    def _reference(self, t_cal: float, t_perf: float) -> _Reference | None:
+        assert self._lam is not None and self._plateau_start is not None
+        p = self.params
+        a_cal = self.events["calibration_dose"][1]
+        a_perf = self.events["perfusion_dose"][1]
+        if not a_cal or not a_perf:
+            return None
+        background, background_var = self._background(t_cal)
+        cal = self._mean_rise(self._plateau_start, t_perf, t_cal, background)
+        zero = self._mean_rise(t_perf + p.zero_start_s, t_perf + p.zero_end_s, t_cal, background)
+        if cal is None or zero is None or cal[0] <= 0:
+            return None
+        k = a_perf / a_cal * math.exp(self._lam * (t_perf - t_cal))
+        return _Reference(background, background_var, cal[0], cal[1] + background_var, zero[0], zero[1], k)
+
+    # -- monitoring ------------------------------------------------------------------------
+
+    def _filter_step(self, i: int, t_cal: float, ref: _Reference, f: _Filter) -> LeakagePoint:
+        assert self._lam is not None
+        p = self.params
+        t, n, dt = self._t[i], self._n[i], self._dt[i]
+        scale = 100.0 / (ref.k * ref.rise)  # % per cps of corrected rise
+
+        # Predict.
+        h = max(t - f.t, 0.0)
+        f.level += f.rate * h
+        F = np.array([[1.0, h], [0.0, 1.0]])
+        Q = p.q_rate * np.array([[h**3 / 3, h**2 / 2], [h**2 / 2, h]]) + np.diag([p.q_level * h, 0.0])
+        f.p = F @ f.p @ F.T + Q
+        f.t = t
+
+        # Observe: the reading from this interval, its variance from the expected counts.
+        corr = math.exp(self._lam * (t - dt / 2 - t_cal))
+        y = ((n / dt - ref.background) * corr - ref.zero) * scale
+        expected_rate = ref.background + (ref.zero + f.level / scale) / corr
+        r_var = max(expected_rate, 1.0 / dt) / dt * (corr * scale) ** 2
+        s = f.p[0, 0] + r_var
+        innovation = y - f.level
+        gain = f.p[:, 0] / s
+        f.level += gain[0] * innovation
+        f.rate += gain[1] * innovation
+        f.p = f.p - np.outer(gain, f.p[0, :])
+
+        # CUSUM on the standardised innovation. On a change, restart the filter
+        # from a weighted linear fit of the readings since the change began, so
+        # it follows a step at once instead of creeping after it.
+        z = innovation / math.sqrt(s)
+        if f.g_up == 0.0 and f.g_down == 0.0:
+            f.run.clear()
+        f.g_up = max(0.0, f.g_up + z - p.cusum_k)
+        f.g_down = max(0.0, f.g_down - z - p.cusum_k)
+        f.run.append((t, y, r_var))
+        step = False
+        if f.g_up > p.cusum_h or f.g_down > p.cusum_h:
+            step = f.g_up > p.cusum_h
+            self._restart_from_run(f)
+        var = f.p[0, 0] + ref.zero_var * scale**2 + (f.level**2) * ref.rise_var / ref.rise**2
+        half = Z95 * math.sqrt(var)
+        return LeakagePoint(
+            t=t,
+            state=self._phase_state(t),
+            percent=f.level,
+            ci_low=f.level - half,
+            ci_high=f.level + half,
+            rate_pct_min=f.rate * 60.0,
+            rate_se_pct_min=math.sqrt(max(f.p[1, 1], 0.0)) * 60.0,
+            step=step,
+        )
+
+    def _restart_from_run(self, f: _Filter) -> None:
+        """After a change: widen the level's variance by the shift seen over the run (mean
+        innovation squared), and the rate's, so the next readings pull the filter to the new level."""
+        _, y, v = (np.asarray(c) for c in zip(*f.run, strict=True))
+        shift = float(np.average(y, weights=1.0 / v)) - f.level
+        f.p = f.p + np.diag([shift**2, self.params.step_rate_var])
+        f.g_up = f.g_down = 0.0
+        f.run.clear()

@@ -1,0 +1,31 @@
+"""Settings of the leakage service: the shared ones plus the estimator's (``ISOPERF_LEAKAGE_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from isoperf.settings import ServiceSettings
+from services.leakage.estimator import EstimatorParams
+
+_D = EstimatorParams()
+
+
+class LeakageSettings(ServiceSettings):
+    leakage_plateau_min_wait_s: float = Field(default=_D.plateau_min_wait_s, ge=0)
+    leakage_plateau_window_s: float = Field(default=_D.plateau_window_s, gt=10)
+    leakage_plateau_max_change: float = Field(default=_D.plateau_max_change, gt=0)
+    leakage_zero_start_s: float = Field(default=_D.zero_start_s, ge=0)
+    leakage_zero_end_s: float = Field(default=_D.zero_end_s, gt=0)
+    leakage_output_interval_s: float = Field(default=_D.output_interval_s, ge=0)
+    leakage_cusum_h: float = Field(default=_D.cusum_h, gt=0)
+
+    def estimator_params(self) -> EstimatorParams:
+        return EstimatorParams(
+            plateau_min_wait_s=self.leakage_plateau_min_wait_s,
+            plateau_window_s=self.leakage_plateau_window_s,
+            plateau_max_change=self.leakage_plateau_max_change,
+            zero_start_s=self.leakage_zero_start_s,
+            zero_end_s=self.leakage_zero_end_s,
+            output_interval_s=self.leakage_output_interval_s,
+            cusum_h=self.leakage_cusum_h,
+        )
