@@ -23,7 +23,9 @@ class DeadLetters:
 
     def keep(self, topic: str, payload: bytes, reason: str) -> None:
         self.count += 1
-        log.warning("rejected message on %s (%d bytes): %s; payload starts %r", topic, len(payload), reason, payload[:80])
+        log.warning(
+            "rejected message on %s (%d bytes): %s; payload starts %r", topic, len(payload), reason, payload[:80]
+        )
         record = {
             "received": time.time(),
             "topic": topic,

@@ -12,7 +12,7 @@ import logging
 import math
 import random
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 from influxdb_client import Point, WritePrecision
@@ -37,7 +37,7 @@ def line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldVa
     for k, fv in fields.items():
         if fv is None:
             continue
-        if isinstance(fv, bool) or isinstance(fv, str):
+        if isinstance(fv, bool | str):
             p.field(k, fv)
         else:
             x = float(fv)
@@ -71,7 +71,7 @@ class InfluxClient:
         self._session = session
         self._own_session = session is None
 
-    async def __aenter__(self) -> InfluxClient:
+    async def __aenter__(self) -> Self:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         return self
@@ -94,7 +94,7 @@ class InfluxClient:
         try:
             async with self.session.get(f"{self._url}/ping") as resp:
                 return resp.status == 204
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             return False
 
     async def query(self, q: str, *, database: str | None = None, method: str = "GET") -> list[dict[str, Any]]:
@@ -190,7 +190,7 @@ class InfluxWriter:
                 self.refused += len(batch)
                 log.error("InfluxDB refused a batch of %d lines: %s", len(batch), exc)
                 return
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.warning("InfluxDB write failed (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self._max_backoff_s)

@@ -179,7 +179,7 @@ class MqttService:
             max_inflight_messages=100,
         )
         # See the module docstring: acknowledge after storage, not on receipt.
-        client._client.manual_ack_set(True)  # noqa: SLF001
+        client._client.manual_ack_set(True)
         return client
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -277,5 +277,5 @@ class MqttService:
         await handler.flush()
         for message in pending:
             if message.qos > 0:
-                client._client.ack(message.mid, message.qos)  # noqa: SLF001
+                client._client.ack(message.mid, message.qos)
         pending.clear()

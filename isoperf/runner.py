@@ -6,7 +6,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from isoperf.influx import InfluxClient, InfluxWriter
+import aiohttp
+
+from isoperf.influx import InfluxClient, InfluxError, InfluxWriter
 from isoperf.lifecycle import configure_logging, stop_on_signals
 from isoperf.mqtt import Handler, MqttLink, MqttService
 from isoperf.settings import ServiceSettings
@@ -32,7 +34,11 @@ async def run_consumer(service: str, settings: ServiceSettings, make_handler: Ha
         await mqtt.run(stop)
         log.info(
             "%s stopped: %d messages handled, %d rejected (%s), %d lines stored",
-            service, mqtt.handled, mqtt.deadletters.count, mqtt.deadletters.path, writer.written,
+            service,
+            mqtt.handled,
+            mqtt.deadletters.count,
+            mqtt.deadletters.path,
+            writer.written,
         )
 
 
@@ -42,7 +48,7 @@ async def _wait_for_influx(influx: InfluxClient, url: str, stop: asyncio.Event) 
         if await influx.ping():
             try:
                 await influx.create_database()
-            except Exception as exc:  # no admin rights on a managed InfluxDB: fine if it exists
+            except (InfluxError, aiohttp.ClientError) as exc:  # no admin rights: fine if it exists
                 log.info("could not create database %s (%s); assuming it exists", influx.database, exc)
             return
         log.warning("InfluxDB at %s not answering; retrying in %.0f s", url, delay)

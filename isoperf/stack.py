@@ -18,6 +18,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 INSTALL_HINT = "install them with: sudo apt-get install mosquitto influxdb   (or run scripts/bootstrap as root)"
 
@@ -135,7 +136,7 @@ bind-address = "{self.host}:{free_port()}"
 
     # -- processes ------------------------------------------------------------------
 
-    def start(self, timeout_s: float = 60.0) -> LocalStack:
+    def start(self, timeout_s: float = 60.0) -> Self:
         mosquitto = find_binary("mosquitto")
         influxd = find_binary("influxd")
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -221,7 +222,7 @@ bind-address = "{self.host}:{free_port()}"
         self._spawn("mosquitto", [find_binary("mosquitto"), "-c", str(self._mosquitto_conf())])
         self._wait(lambda: self._tcp_open(self.mqtt_port), "mosquitto", time.monotonic() + timeout_s)
 
-    def __enter__(self) -> LocalStack:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -38,7 +38,13 @@ async def run(settings: AcquisitionSettings) -> None:
     playback = Playback(mqtt.topics, outbox, settings.theatre, settings.session)
     log.info(
         "simulating %s session %s/%s: %s, leak %s, %.0f min at speed %g",
-        cfg.procedure, settings.theatre, settings.session, cfg.isotope, cfg.leak.kind, cfg.duration_s / 60, settings.sim_speed,
+        cfg.procedure,
+        settings.theatre,
+        settings.session,
+        cfg.isotope,
+        cfg.leak.kind,
+        cfg.duration_s / 60,
+        settings.sim_speed,
     )
     playback.publish_meta(session.meta)
 

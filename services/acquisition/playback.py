@@ -72,7 +72,7 @@ class Playback:
             if speed > 0:
                 horizon = t0 + (time.monotonic() - start + tick_s) * speed
             else:
-                horizon = (nxt[0] + 60.0)  # one simulated minute per tick
+                horizon = nxt[0] + 60.0  # one simulated minute per tick
             while nxt is not None and nxt[0] <= horizon:
                 pending.append(nxt)
                 nxt = next(it, None)

@@ -213,7 +213,7 @@ def _events(cfg: SimConfig) -> list[Event]:
 
 
 def _grid(cfg: SimConfig, dt: float) -> np.ndarray:
-    n = int(math.floor(cfg.duration_s / dt))
+    n = math.floor(cfg.duration_s / dt)
     return cfg.start_t + dt * np.arange(1, n + 1)
 
 
@@ -242,7 +242,9 @@ def simulate(cfg: SimConfig, seed: int = 0) -> SimulatedSession:
     flow = np.where(pumping, flow + rng.normal(0, 1.5, tv.size), 0.0)
     pulse = 3.0 * np.sin(2 * np.pi * rel / 7.3)  # roller-pump ripple, aliased by 1 Hz sampling
     pressure = np.where(
-        pumping, flow * cfg.resistance_mmhg_per_ml_min + pulse + rng.normal(0, 1.5, tv.size), 4.0 + rng.normal(0, 0.8, tv.size)
+        pumping,
+        flow * cfg.resistance_mmhg_per_ml_min + pulse + rng.normal(0, 1.5, tv.size),
+        4.0 + rng.normal(0, 0.8, tv.size),
     )
     heating = _ramp(tv, cfg.start_t + cfg.isolation_at_s, 300.0)
     cooling = _ramp(tv, cfg.start_t + cfg.drug_stop_at_s, 240.0)

@@ -22,10 +22,12 @@ Method (shared/domain.md, after the IHHP and Lausanne series)::
 
 Counts are Poisson. Each count interval gives a reading ``y`` of leakage with
 variance from the expected counts; a local-linear-trend Kalman filter (level in
-%, rate in %/s) smooths them. A two-sided CUSUM on the standardised
-innovations detects a sudden step and lets the filter jump to it instead of
-creeping. The 95 % interval adds, in quadrature, the filter's variance, the
-uncertainty of ``C_0`` and the relative uncertainty of the calibration rise.
+%, rate in %/s) smooths them. A fast filter runs alongside; when the two
+disagree by more than ``switch_z`` standard errors, the slow filter takes over
+the fast one's state (a step: the estimate follows it at once instead of
+creeping after it, and a rise is flagged). The 95 % interval adds, in
+quadrature, the filter's variance, the uncertainty of ``C_0`` and the relative
+uncertainty of the calibration rise.
 
 Everything runs on event time, so the same samples and events give the same
 series, live, replayed, or after a restart.
@@ -56,9 +58,9 @@ class EstimatorParams:
     # Local linear trend: random walk of the rate (%/s)^2 per s, of the level %^2 per s.
     q_rate: float = 1e-7
     q_level: float = 1e-5
-    cusum_k: float = 0.5
-    cusum_h: float = 8.0
-    step_rate_var: float = 1e-4  # (%/s)^2, rate variance after a change seen in fewer than 3 readings
+    # The fast filter, and the disagreement (in standard errors) at which the slow one follows it.
+    fast_q_rate: float = 1e-5
+    switch_z: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -92,10 +94,6 @@ class _Filter:
     rate: float = 0.0
     p: np.ndarray = field(default_factory=lambda: np.diag([1e-4, (0.1 / 60) ** 2]))
     t: float = 0.0
-    g_up: float = 0.0
-    g_down: float = 0.0
-    # Readings since the CUSUM last left zero: (t, y, variance), for re-estimating after a change.
-    run: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 _EVENT_KINDS = ("calibration_dose", "perfusion_dose", "washout_start", "washout_end", "isolation_end", "session_end")
@@ -156,6 +154,7 @@ class LeakageEstimator:
         self._plateau_start: float | None = None
         self._ref: _Reference | None = None
         self._filter: _Filter | None = None
+        self._fast: _Filter | None = None
 
     def update(self) -> list[LeakagePoint]:
         """Process every sample not processed yet; return the points at times not emitted before."""
@@ -198,6 +197,7 @@ class LeakageEstimator:
             if self._ref is None:
                 return LeakagePoint(t=t, state="calibrated")
             self._filter = _Filter(t=t_perf + self.params.zero_end_s)
+            self._fast = _Filter(t=t_perf + self.params.zero_end_s)
         assert self._filter is not None
         return self._filter_step(i, t_cal, self._ref, self._filter)
 
@@ -273,44 +273,30 @@ class LeakageEstimator:
     # -- monitoring ------------------------------------------------------------------------
 
     def _filter_step(self, i: int, t_cal: float, ref: _Reference, f: _Filter) -> LeakagePoint:
-        assert self._lam is not None
+        assert self._lam is not None and self._fast is not None
         p = self.params
         t, n, dt = self._t[i], self._n[i], self._dt[i]
         scale = 100.0 / (ref.k * ref.rise)  # % per cps of corrected rise
 
-        # Predict.
-        h = max(t - f.t, 0.0)
-        f.level += f.rate * h
-        F = np.array([[1.0, h], [0.0, 1.0]])
-        Q = p.q_rate * np.array([[h**3 / 3, h**2 / 2], [h**2 / 2, h]]) + np.diag([p.q_level * h, 0.0])
-        f.p = F @ f.p @ F.T + Q
-        f.t = t
-
-        # Observe: the reading from this interval, its variance from the expected counts.
+        # The reading from this interval, its variance from the expected counts.
         corr = math.exp(self._lam * (t - dt / 2 - t_cal))
         y = ((n / dt - ref.background) * corr - ref.zero) * scale
-        expected_rate = ref.background + (ref.zero + f.level / scale) / corr
+        expected_rate = ref.background + (ref.zero + (f.level + f.rate * (t - f.t)) / scale) / corr
         r_var = max(expected_rate, 1.0 / dt) / dt * (corr * scale) ** 2
-        s = f.p[0, 0] + r_var
-        innovation = y - f.level
-        gain = f.p[:, 0] / s
-        f.level += gain[0] * innovation
-        f.rate += gain[1] * innovation
-        f.p = f.p - np.outer(gain, f.p[0, :])
 
-        # CUSUM on the standardised innovation. On a change, restart the filter
-        # from a weighted linear fit of the readings since the change began, so
-        # it follows a step at once instead of creeping after it.
-        z = innovation / math.sqrt(s)
-        if f.g_up == 0.0 and f.g_down == 0.0:
-            f.run.clear()
-        f.g_up = max(0.0, f.g_up + z - p.cusum_k)
-        f.g_down = max(0.0, f.g_down - z - p.cusum_k)
-        f.run.append((t, y, r_var))
+        _kalman(f, t, y, r_var, p.q_rate, p.q_level)
+        _kalman(self._fast, t, y, r_var, p.fast_q_rate, p.q_level)
+
+        # A fast filter runs alongside; when the two disagree beyond chance the
+        # slow one takes over the fast one's state, so it follows a step at once
+        # instead of creeping after it.
         step = False
-        if f.g_up > p.cusum_h or f.g_down > p.cusum_h:
-            step = f.g_up > p.cusum_h
-            self._restart_from_run(f)
+        fast = self._fast
+        gap = fast.level - f.level
+        if abs(gap) > p.switch_z * math.sqrt(fast.p[0, 0] + f.p[0, 0]):
+            step = gap > 0
+            f.level, f.rate, f.p = fast.level, fast.rate, fast.p.copy()
+
         var = f.p[0, 0] + ref.zero_var * scale**2 + (f.level**2) * ref.rise_var / ref.rise**2
         half = Z95 * math.sqrt(var)
         return LeakagePoint(
@@ -324,11 +310,18 @@ class LeakageEstimator:
             step=step,
         )
 
-    def _restart_from_run(self, f: _Filter) -> None:
-        """After a change: widen the level's variance by the shift seen over the run (mean
-        innovation squared), and the rate's, so the next readings pull the filter to the new level."""
-        _, y, v = (np.asarray(c) for c in zip(*f.run, strict=True))
-        shift = float(np.average(y, weights=1.0 / v)) - f.level
-        f.p = f.p + np.diag([shift**2, self.params.step_rate_var])
-        f.g_up = f.g_down = 0.0
-        f.run.clear()
+
+def _kalman(f: _Filter, t: float, y: float, r_var: float, q_rate: float, q_level: float) -> None:
+    """One predict-and-update step of a local-linear-trend filter with reading ``y`` of variance ``r_var``."""
+    h = max(t - f.t, 0.0)
+    f.level += f.rate * h
+    F = np.array([[1.0, h], [0.0, 1.0]])
+    Q = q_rate * np.array([[h**3 / 3, h**2 / 2], [h**2 / 2, h]]) + np.diag([q_level * h, 0.0])
+    f.p = F @ f.p @ F.T + Q
+    f.t = t
+    s = float(f.p[0, 0]) + r_var
+    innovation = y - f.level
+    gain = f.p[:, 0] / s
+    f.level += float(gain[0]) * innovation
+    f.rate += float(gain[1]) * innovation
+    f.p = f.p - np.outer(gain, f.p[0, :])

@@ -50,6 +50,7 @@ class LeakageHandler:
         self.params = params
         self.max_payload_bytes = max_payload_bytes
         self.sessions: dict[tuple[str, str], _Session] = {}
+        self.isotopes: dict[tuple[str, str], str] = {}
 
     def subscriptions(self) -> list[str]:
         return [self.topics.subscription(k) for k in ("meta", "event", "raw/counts")]
@@ -70,8 +71,13 @@ class LeakageHandler:
             sess = await self._session(key)
             sess.estimator.add_event(event.type, event.t, event.activity_mbq)
         elif where.kind == "meta":
+            # Retained: every past session's meta arrives at start-up. Remember
+            # the isotope; rebuild a session only when its counts or events come.
             meta = SessionMeta.model_validate(data)
-            sess = await self._session(key)
+            self.isotopes[key] = meta.isotope
+            sess = self.sessions.get(key)
+            if sess is None:
+                return
             sess.estimator.set_isotope(meta.isotope)
         else:
             raise ValueError(f"the leakage service does not take {where.kind!r} messages")
@@ -98,6 +104,8 @@ class LeakageHandler:
         if sess is None:
             sess = _Session(LeakageEstimator(self.params))
             self.sessions[key] = sess
+            if key in self.isotopes:
+                sess.estimator.set_isotope(self.isotopes[key])
             if self.influx is not None:
                 await self._rebuild(key, sess)
         return sess
@@ -108,12 +116,15 @@ class LeakageHandler:
         theatre, session = key
         where = f"theatre='{_q(theatre)}' AND session='{_q(session)}'"
         est = sess.estimator
-        meta = await self.influx.rows(f"SELECT last(isotope) AS isotope FROM session WHERE {where}")
-        if meta and meta[0].get("isotope"):
-            est.set_isotope(str(meta[0]["isotope"]))
+        if key not in self.isotopes:
+            meta = await self.influx.rows(f"SELECT last(isotope) AS isotope FROM session WHERE {where}")
+            if meta and meta[0].get("isotope"):
+                est.set_isotope(str(meta[0]["isotope"]))
         for row in await self.influx.rows(f"SELECT type, activity_mbq FROM event WHERE {where} ORDER BY time"):
             est.add_event(str(row["type"]), row["time"] / 1000.0, row.get("activity_mbq"))
-        counts = await self.influx.rows(f"SELECT value, dt FROM reading WHERE {where} AND signal='counts' ORDER BY time")
+        counts = await self.influx.rows(
+            f"SELECT value, dt FROM reading WHERE {where} AND signal='counts' ORDER BY time"
+        )
         for row in counts:
             est.add_counts(row["time"] / 1000.0, float(row["value"]), float(row["dt"] or 1.0))
         last = await self.influx.rows(f"SELECT last(state) FROM leakage WHERE {where}")
@@ -126,7 +137,10 @@ class LeakageHandler:
         if counts:
             log.info(
                 "rebuilt %s/%s from %d stored counts; %d points were missing from storage",
-                theatre, session, len(counts), len(sess.outbox),
+                theatre,
+                session,
+                len(counts),
+                len(sess.outbox),
             )
 
 
@@ -141,4 +155,3 @@ def _to_message(point: LeakagePoint) -> Leakage:
         rate_se_pct_min=point.rate_se_pct_min,
         step=point.step,
     )
-

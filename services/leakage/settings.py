@@ -17,7 +17,7 @@ class LeakageSettings(ServiceSettings):
     leakage_zero_start_s: float = Field(default=_D.zero_start_s, ge=0)
     leakage_zero_end_s: float = Field(default=_D.zero_end_s, gt=0)
     leakage_output_interval_s: float = Field(default=_D.output_interval_s, ge=0)
-    leakage_cusum_h: float = Field(default=_D.cusum_h, gt=0)
+    leakage_switch_z: float = Field(default=_D.switch_z, gt=0)
 
     def estimator_params(self) -> EstimatorParams:
         return EstimatorParams(
@@ -27,5 +27,5 @@ class LeakageSettings(ServiceSettings):
             zero_start_s=self.leakage_zero_start_s,
             zero_end_s=self.leakage_zero_end_s,
             output_interval_s=self.leakage_output_interval_s,
-            cusum_h=self.leakage_cusum_h,
+            switch_z=self.leakage_switch_z,
         )

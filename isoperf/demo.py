@@ -1,0 +1,201 @@
+"""``isoperf demo``: a whole simulated IHHP session through the real local stack.
+
+Starts Mosquitto and InfluxDB, the recorder and leakage services and the
+acquisition simulator, each as its own process; prints the session as it goes
+(events, and leakage once a simulated minute); stops everything cleanly and
+prints a summary read back from InfluxDB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiomqtt
+
+from isoperf.codec import decode
+from isoperf.stack import LocalStack, StackError
+from isoperf.topics import Topics
+
+CONSUMERS = ("recorder", "leakage")
+
+
+def _spawn(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+    log = (logs / f"{name}.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "isoperf.cli", name], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    log.close()
+    return proc
+
+
+def _clock(t: float, t0: float) -> str:
+    m, s = divmod(int(round(t - t0)), 60)
+    return f"{m:3d}:{s:02d}"
+
+
+def _describe(leak: dict[str, object]) -> str:
+    state = str(leak.get("state"))
+    pct = leak.get("percent")
+    if not isinstance(pct, float):
+        return {"background": "measuring background", "calibrating": "waiting for the calibration plateau"}.get(
+            state, "calibrated; the zero point is set 1-2 min after the circuit dose"
+        )
+    return (
+        f"leakage {pct:5.2f} %  (95% CI {leak['ci_low']:5.2f} to {leak['ci_high']:5.2f})"
+        f"  trend {leak['rate_pct_min']:+.2f} %/min  [{state}]"
+    )
+
+
+async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Event) -> None:
+    """Print events as they happen and the leakage once per simulated minute."""
+    topics = Topics()
+    t0: float | None = None
+    next_minute = 0.0
+    async with aiomqtt.Client(stack.host, stack.mqtt_port, identifier=f"isoperf-demo-watch-{os.getpid()}") as client:
+        await client.subscribe(topics.session(theatre, session, "event"), qos=1)
+        await client.subscribe(topics.session(theatre, session, "leakage"), qos=1)
+        messages = aiter(client.messages)
+        while not done.is_set():
+            try:
+                message = await asyncio.wait_for(anext(messages), timeout=0.5)
+            except TimeoutError:
+                continue
+            data = decode(bytes(message.payload))  # type: ignore[arg-type]
+            t = float(data["t"])
+            t0 = t if t0 is None else t0
+            if message.topic.value.endswith("/event"):
+                label = str(data["type"]).replace("_", " ")
+                extra = {k: v for k, v in data.items() if k not in ("t", "type")}
+                print(f"  {_clock(t, t0)}  EVENT {label} {extra if extra else ''}", flush=True)
+            elif t - t0 >= next_minute:
+                next_minute = (t - t0) // 60 * 60 + 60
+                print(f"  {_clock(t, t0)}  {_describe(data)}", flush=True)
+
+
+def _summary(stack: LocalStack, theatre: str, session: str, wall_s: float) -> None:
+    where = f"theatre='{theatre}' AND session='{session}'"
+    n = stack.influxql(f"SELECT count(value) FROM reading WHERE {where}")
+    readings = n[0]["values"][0][1] if n else 0  # type: ignore[index]
+    ev = stack.influxql(f"SELECT first(label), last(label) FROM event WHERE {where}")
+    peak = stack.influxql(f"SELECT max(percent), ci_low, ci_high, state FROM leakage WHERE {where}")
+    before = stack.influxql(
+        f"SELECT max(percent) FROM leakage WHERE {where} AND (state='monitoring' OR state='washout')"
+        f" AND time < {_isolation_end_ms(stack, where)}ms"
+    )
+    span = ev[0]["values"][0] if ev else None  # type: ignore[index]
+    print("\nSummary")
+    print(f"  session            {theatre}/{session}")
+    if span is not None:
+        print(f"  simulated duration {_duration(stack, where)} (played in {wall_s:.0f} s)")
+    print(f"  readings stored    {readings}")
+    if before:
+        print(f"  peak leakage during isolation  {before[0]['values'][0][1]:.2f} %")  # type: ignore[index]
+    if peak:
+        _, pct, lo, hi, state = peak[0]["values"][0]  # type: ignore[index]
+        print(f"  peak leakage overall           {pct:.2f} % (95% CI {lo:.2f} to {hi:.2f}, {state})")
+    print(f"  data               InfluxDB database '{stack.database}' in {stack.directory / 'influxdb'}")
+    print(f"  logs               {stack.directory / 'logs'}")
+    print("\nTo look at it again:")
+    print(f"  isoperf stack --dir {stack.directory} --influx-port 8086   # in one terminal")
+    print(
+        "  influx -port 8086 -database perfusion -execute "
+        f"\"SELECT percent, ci_low, ci_high, state FROM leakage WHERE {where} AND time > now() - 1d\""
+    )
+
+
+def _isolation_end_ms(stack: LocalStack, where: str) -> int:
+    rows = stack.influxql(f"SELECT label FROM event WHERE {where} AND type='isolation_end'")
+    if not rows:
+        return 2**62
+    return int(rows[0]["values"][0][0])  # type: ignore[index]
+
+
+def _duration(stack: LocalStack, where: str) -> str:
+    rows = stack.influxql(f"SELECT label FROM event WHERE {where} AND (type='session_start' OR type='session_end')")
+    if not rows:
+        return "?"
+    times = [v[0] for v in rows[0]["values"]]  # type: ignore[index]
+    minutes = (max(times) - min(times)) / 60000
+    return f"{minutes:.0f} min"
+
+
+def _wait_caught_up(stack: LocalStack, theatre: str, session: str, timeout_s: float = 60.0) -> bool:
+    """Wait until the leakage series has reached the last stored count."""
+    where = f"theatre='{theatre}' AND session='{session}'"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        last_count = stack.influxql(f"SELECT last(value) FROM reading WHERE {where} AND signal='counts'")
+        last_leak = stack.influxql(f"SELECT last(state) FROM leakage WHERE {where}")
+        if last_count and last_leak and last_leak[0]["values"][0][0] >= last_count[0]["values"][0][0]:  # type: ignore[index]
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    logs = directory / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    theatre = "theatre-1"
+    session = time.strftime("demo-%Y%m%d-%H%M%S", time.gmtime())
+    print("isoperf demo: a simulated isolated hepatic perfusion (IHHP)")
+    print(f"  leak scenario {args.leak}, tracer {args.isotope}, speed x{args.speed:g}\n")
+    try:
+        stack = LocalStack(directory).start()
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Mosquitto on 127.0.0.1:{stack.mqtt_port}, InfluxDB on {stack.influx_url}, data in {directory}")
+    env = {**os.environ, **stack.env(), "ISOPERF_INSTANCE": "demo", "ISOPERF_LOG_LEVEL": "INFO"}
+    procs = {name: _spawn(name, env, logs) for name in CONSUMERS}
+    started = time.monotonic()
+    try:
+        sim_env = {
+            **env,
+            "ISOPERF_THEATRE": theatre,
+            "ISOPERF_SESSION": session,
+            "ISOPERF_SIM_SPEED": str(args.speed),
+            "ISOPERF_SIM_LEAK": args.leak,
+            "ISOPERF_SIM_ISOTOPE": args.isotope,
+            "ISOPERF_SIM_SEED": str(args.seed),
+            "ISOPERF_SIM_TRUTH_FILE": str(directory / "truth" / f"{session}.jsonl"),
+        }
+        done = asyncio.Event()
+
+        async def main() -> int:
+            watcher = asyncio.create_task(_watch(stack, theatre, session, done))
+            await asyncio.sleep(0.5)  # let the watcher subscribe
+            acq = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "isoperf.cli", "acquisition", env=sim_env,
+                stdout=(logs / "acquisition.log").open("ab"), stderr=subprocess.STDOUT,
+            )
+            code = await acq.wait()
+            await asyncio.to_thread(_wait_caught_up, stack, theatre, session)
+            await asyncio.sleep(0.5)
+            done.set()
+            await watcher
+            return code
+
+        code = asyncio.run(main())
+        if code != 0:
+            print(f"acquisition exited with {code}; see {logs / 'acquisition.log'}", file=sys.stderr)
+            return 1
+        wall = time.monotonic() - started
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for name, proc in procs.items():
+            if proc.wait(timeout=30) != 0:
+                print(f"{name} exited with {proc.returncode}; see {logs / (name + '.log')}", file=sys.stderr)
+    try:
+        _summary(stack, theatre, session, wall)
+    finally:
+        stack.stop()
+    return 0
