@@ -23,7 +23,9 @@ from pydantic import (
 # value in milliseconds or a zero is rejected instead of stored decades away.
 T_MIN = 946_684_800.0
 T_MAX = 4_102_444_800.0
-EventTime = Annotated[float, Field(ge=T_MIN, le=T_MAX)]
+EventTime = Annotated[float, Field(strict=True, ge=T_MIN, le=T_MAX)]
+# Numbers must arrive as numbers: "12" or true is a wrong type, not a reading.
+Number = Annotated[float, Field(strict=True)]
 
 Signal = Literal["counts", "flow", "pressure", "temperature", "reservoir"]
 SIGNALS: tuple[Signal, ...] = ("counts", "flow", "pressure", "temperature", "reservoir")
@@ -66,16 +68,16 @@ class Reading(_Model):
     """One sample of one signal. ``dt`` is the counting interval ending at ``t``."""
 
     t: EventTime
-    v: float
-    dt: float = Field(default=1.0, gt=0.0, le=3600.0)
+    v: Number
+    dt: float = Field(strict=True, default=1.0, gt=0.0, le=3600.0)
     seq: int | None = Field(default=None, ge=0)
 
 
 class ReadingBatch(_Model):
     """A batch of ``[t, v]`` pairs sharing one counting interval ``dt``."""
 
-    samples: list[tuple[EventTime, float]] = Field(min_length=1, max_length=100_000)
-    dt: float = Field(default=1.0, gt=0.0, le=3600.0)
+    samples: list[tuple[EventTime, Number]] = Field(min_length=1, max_length=100_000)
+    dt: float = Field(strict=True, default=1.0, gt=0.0, le=3600.0)
 
 
 def readings_of(payload: Reading | ReadingBatch) -> list[Reading]:
@@ -99,9 +101,9 @@ class SessionMeta(_Model):
     t: EventTime
     procedure: Procedure
     isotope: Isotope
-    weight_kg: float = Field(gt=0.0, le=400.0)
-    circuit_volume_ml: float = Field(gt=0.0, le=20_000.0)
-    melphalan_mg_per_kg: float = Field(gt=0.0, le=10.0)
+    weight_kg: float = Field(strict=True, gt=0.0, le=400.0)
+    circuit_volume_ml: float = Field(strict=True, gt=0.0, le=20_000.0)
+    melphalan_mg_per_kg: float = Field(strict=True, gt=0.0, le=10.0)
     thresholds: dict[str, float] | None = None
 
     @field_validator("thresholds")
@@ -117,11 +119,11 @@ class Event(_Model):
 
     t: EventTime
     type: EventType
-    activity_mbq: float | None = Field(default=None, gt=0.0, le=100_000.0)
-    dose_mg: float | None = Field(default=None, gt=0.0, le=2_000.0)
+    activity_mbq: float | None = Field(strict=True, default=None, gt=0.0, le=100_000.0)
+    dose_mg: float | None = Field(strict=True, default=None, gt=0.0, le=2_000.0)
     mode: Literal["bolus", "infusion"] | None = None
-    duration_s: float | None = Field(default=None, gt=0.0, le=86_400.0)
-    volume_ml: float | None = Field(default=None, gt=0.0, le=100_000.0)
+    duration_s: float | None = Field(strict=True, default=None, gt=0.0, le=86_400.0)
+    volume_ml: float | None = Field(strict=True, default=None, gt=0.0, le=100_000.0)
     text: str | None = Field(default=None, max_length=2_000)
 
     @model_validator(mode="after")
@@ -160,7 +162,7 @@ class LabSample(_Model):
 
     t: EventTime
     site: Literal["circuit", "systemic"]
-    melphalan_ug_ml: float = Field(ge=0.0, le=10_000.0)
+    melphalan_ug_ml: float = Field(strict=True, ge=0.0, le=10_000.0)
     sample_id: str | None = Field(default=None, max_length=128)
 
 
@@ -184,8 +186,8 @@ class Alert(_Model):
     rule: str = Field(min_length=1, max_length=128)
     severity: Severity
     status: Literal["firing", "resolved"]
-    value: float
-    threshold: float
+    value: Number
+    threshold: Number
     message: str = Field(max_length=2_000)
 
 

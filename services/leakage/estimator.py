@@ -47,6 +47,31 @@ Z95 = 1.959963984540054
 DUPLICATE_S = 0.0005  # samples closer than this are the same sample (storage keeps ms)
 
 
+def decay_corrected_rate(rate_cps: float, background_cps: float, lam_per_s: float, t: float, t_cal: float) -> float:
+    """``C* = B + (C - B) * exp(lambda * (t - t_cal))``: the count rate as if no decay since calibration."""
+    return background_cps + (rate_cps - background_cps) * math.exp(lam_per_s * (t - t_cal))
+
+
+def leakage_percent(
+    corrected_cps: float, zero_cps: float, calibration_cps: float, background_cps: float, k: float
+) -> float:
+    """``L = 100 * (C* - C_0) / (k * (C_cal - B))``, in % of the circuit tracer (shared/domain.md)."""
+    rise = calibration_cps - background_cps
+    if k <= 0 or rise <= 0:
+        raise ValueError(f"need k > 0 and a calibration rise > 0, got k={k}, rise={rise}")
+    return 100.0 * (corrected_cps - zero_cps) / (k * rise)
+
+
+def activity_ratio(a_perf_mbq: float, a_cal_mbq: float, lam_per_s: float, t_perf: float, t_cal: float) -> float:
+    """``k = A_perf / A_cal``, the circuit dose decay-corrected back to the calibration time.
+
+    Each activity is as measured at its own injection; ``C*`` refers to ``t_cal``.
+    """
+    if a_perf_mbq <= 0 or a_cal_mbq <= 0:
+        raise ValueError("activities must be positive")
+    return a_perf_mbq / a_cal_mbq * math.exp(lam_per_s * (t_perf - t_cal))
+
+
 @dataclass(frozen=True)
 class EstimatorParams:
     plateau_min_wait_s: float = 120.0
@@ -267,7 +292,7 @@ class LeakageEstimator:
         zero = self._mean_rise(t_perf + p.zero_start_s, t_perf + p.zero_end_s, t_cal, background)
         if cal is None or zero is None or cal[0] <= 0:
             return None
-        k = a_perf / a_cal * math.exp(self._lam * (t_perf - t_cal))
+        k = activity_ratio(a_perf, a_cal, self._lam, t_perf, t_cal)
         return _Reference(background, background_var, cal[0], cal[1] + background_var, zero[0], zero[1], k)
 
     # -- monitoring ------------------------------------------------------------------------
@@ -279,8 +304,12 @@ class LeakageEstimator:
         scale = 100.0 / (ref.k * ref.rise)  # % per cps of corrected rise
 
         # The reading from this interval, its variance from the expected counts.
-        corr = math.exp(self._lam * (t - dt / 2 - t_cal))
-        y = ((n / dt - ref.background) * corr - ref.zero) * scale
+        mid = t - dt / 2
+        corr = math.exp(self._lam * (mid - t_cal))
+        b = ref.background
+        y = leakage_percent(
+            decay_corrected_rate(n / dt, b, self._lam, mid, t_cal), b + ref.zero, b + ref.rise, b, ref.k
+        )
         expected_rate = ref.background + (ref.zero + (f.level + f.rate * (t - f.t)) / scale) / corr
         r_var = max(expected_rate, 1.0 / dt) / dt * (corr * scale) ** 2
 

@@ -1,0 +1,115 @@
+"""Fixtures: a real local stack (Mosquitto, InfluxDB) on free ports, service processes, log guard."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from isoperf.stack import LocalStack
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_exceptions(caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail any test in which production code logged an exception it did not expect."""
+    yield
+    if request.node.get_closest_marker("allow_logged_errors"):
+        return
+    bad = [
+        r
+        for r in caplog.get_records("call")
+        if r.levelno >= logging.ERROR and r.name.startswith(("isoperf", "services")) and r.exc_info
+    ]
+    assert not bad, f"unexpected exception logged: {bad[0].getMessage()}"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with LocalStack(tmp_path_factory.mktemp("stack")) as s:
+        yield s
+
+
+@pytest.fixture
+def ids() -> tuple[str, str]:
+    """A unique theatre and session per test, so tests sharing a stack never see each other."""
+    u = uuid.uuid4().hex[:8]
+    return f"th-{u}", f"se-{u}"
+
+
+class ServiceProcess:
+    """One isoperf service run as its own process, as in production."""
+
+    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
+        self.name, self.env, self.log = name, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "isoperf.cli", self.name], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def services(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Factory: ``services("leakage", ISOPERF_X="...")`` starts a service process; all stop at teardown."""
+    started: list[ServiceProcess] = []
+
+    def start(name: str, **extra: str) -> ServiceProcess:
+        env = {
+            **os.environ,
+            **stack.env(),
+            "ISOPERF_DEADLETTER_DIR": str(tmp_path / "deadletter"),
+            "ISOPERF_INSTANCE": f"t{uuid.uuid4().hex[:6]}",
+            **extra,
+        }
+        sp = ServiceProcess(name, env, tmp_path / f"{name}-{len(started)}.log").start()
+        started.append(sp)
+        return sp
+
+    yield start
+    for sp in started:
+        if sp.alive():
+            sp.stop()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.2) -> object:
+    """Poll until ``predicate()`` is truthy; return its value or fail with a clear message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s: {getattr(predicate, '__name__', predicate)}")
+        time.sleep(interval)

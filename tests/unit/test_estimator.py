@@ -1,0 +1,185 @@
+"""The leakage estimator on hand-checked values and noise-free sessions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from isoperf.isotopes import HALF_LIFE_S, decay_constant_per_s
+from services.leakage.estimator import (
+    EstimatorParams,
+    LeakageEstimator,
+    activity_ratio,
+    decay_corrected_rate,
+    leakage_percent,
+)
+
+LAM_TC = math.log(2) / (6.0067 * 3600)
+
+
+def test_formula_hand_checked() -> None:
+    # B = 40, C_cal = 340 (rise 300), C_0 = 355 (a 15 cps shine-through step), k = 10.
+    # C* = 385 is 30 cps above zero: 30 / (10 * 300) = 1.0 %.
+    assert leakage_percent(385.0, 355.0, 340.0, 40.0, 10.0) == pytest.approx(1.0, rel=1e-12)
+    # k = 37 (Lausanne): the same rise is 10/37 of that.
+    assert leakage_percent(385.0, 355.0, 340.0, 40.0, 37.0) == pytest.approx(10 / 37, rel=1e-12)
+
+
+def test_decay_correction_hand_checked() -> None:
+    # One Tc-99m half-life after calibration, a net 150 cps is 300 cps at calibration time.
+    t_half = HALF_LIFE_S["Tc-99m"]
+    assert decay_corrected_rate(190.0, 40.0, LAM_TC, t_half, 0.0) == pytest.approx(340.0, rel=1e-9)
+    # Tc-99m loses about 11 % an hour (shared/domain.md).
+    assert 1 - math.exp(-LAM_TC * 3600) == pytest.approx(0.109, abs=0.001)
+
+
+def test_activity_ratio_decays_circuit_dose_to_calibration_time() -> None:
+    assert activity_ratio(200.0, 20.0, 0.0, 1000.0, 0.0) == 10.0
+    t_half = HALF_LIFE_S["Tc-99m"]
+    assert activity_ratio(200.0, 20.0, LAM_TC, t_half, 0.0) == pytest.approx(20.0, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "args", [(385.0, 355.0, 40.0, 40.0, 10.0), (385.0, 355.0, 340.0, 40.0, 0.0), (385.0, 355.0, 30.0, 40.0, 10.0)]
+)
+def test_formula_rejects_nonsense(args: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError):
+        leakage_percent(*args)
+
+
+def test_unknown_isotope() -> None:
+    with pytest.raises(ValueError, match="unknown isotope"):
+        decay_constant_per_s("Xx-1")
+
+
+# -- a noise-free session -------------------------------------------------------------------------
+
+T_CAL, T_PERF = 300.0, 1200.0
+B, RISE, K = 40.0, 300.0, 10.0
+
+
+def true_rate(t: float, lam: float, leak_pct: float) -> float:
+    """Counts rate of a session with instant mixing and a leak of ``leak_pct`` of the circuit tracer."""
+    rate = B
+    if t > T_CAL:
+        rate += RISE * math.exp(-lam * (t - T_CAL))
+    if t > T_PERF:
+        rate += K * RISE * math.exp(-lam * (t - T_PERF)) * leak_pct / 100.0
+    return rate
+
+
+def leak_profile(t: float) -> float:
+    return 0.0 if t < 1500 else 2.0  # a 2 % step at t = 1500
+
+
+def feed(est: LeakageEstimator, lam: float, t_end: float = 2400.0, events: bool = True) -> list:  # type: ignore[type-arg]
+    if events:
+        est.add_event("calibration_dose", T_CAL, 20.0)
+        est.add_event("perfusion_dose", T_PERF, 200.0)
+    points = []
+    t = 1.0
+    while t <= t_end:
+        est.add_counts(t, true_rate(t - 0.5, lam, leak_profile(t - 0.5)), 1.0)
+        points.extend(est.update())
+        t += 1.0
+    return points
+
+
+@pytest.mark.parametrize("isotope", ["Tc-99m", "I-131", "In-111"])
+def test_noise_free_session_recovers_leak(isotope: str) -> None:
+    est = LeakageEstimator()
+    est.set_isotope(isotope)
+    points = feed(est, decay_constant_per_s(isotope))
+    by_t = {p.t: p for p in points}
+    assert by_t[1400.0].percent == pytest.approx(0.0, abs=1e-6)
+    # Without decay-correcting k, Tc-99m would read 2.2 % low here (exp(lambda * 900 s)).
+    assert by_t[2400.0].percent == pytest.approx(2.0, abs=0.005)
+    assert by_t[2400.0].ci_low < 2.0 < by_t[2400.0].ci_high
+    assert any(p.step for p in points if 1500 <= p.t <= 1530), "the 2 % step is flagged"
+
+
+def test_states_follow_the_procedure() -> None:
+    est = LeakageEstimator()
+    est.set_isotope("I-131")
+    est.add_event("washout_start", 2000.0)
+    est.add_event("washout_end", 2100.0)
+    est.add_event("session_end", 2300.0)
+    states = {p.t: p.state for p in feed(est, decay_constant_per_s("I-131"))}
+    assert states[100.0] == "background"
+    assert states[400.0] == "calibrating"
+    assert states[1210.0] == "calibrated"  # inside the zero window
+    assert states[1400.0] == "monitoring"
+    assert states[2050.0] == "washout"
+    assert states[2200.0] == "monitoring"
+    assert states[2350.0] == "ended"
+
+
+def test_plateau_is_found_by_stability_not_a_fixed_wait() -> None:
+    """With slow mixing the plateau comes later than with instant mixing."""
+
+    def first_calibrated(mixing_s: float) -> float:
+        est = LeakageEstimator()
+        est.set_isotope("I-131")
+        est.add_event("calibration_dose", T_CAL, 20.0)
+        for i in range(1, 1200):
+            t = float(i)
+            mix = 0.0 if t < T_CAL else (1 - math.exp(-(t - T_CAL) / mixing_s) if mixing_s else 1.0)
+            est.add_counts(t, B + RISE * mix, 1.0)
+            for p in est.update():
+                if p.state == "calibrated":
+                    return p.t - T_CAL
+        return math.inf
+
+    fast, slow = first_calibrated(0.0), first_calibrated(150.0)
+    assert fast == pytest.approx(EstimatorParams().plateau_min_wait_s + EstimatorParams().plateau_window_s, abs=2)
+    assert slow > fast + 60
+
+
+def test_missing_calibration_gives_no_number() -> None:
+    est = LeakageEstimator()
+    est.set_isotope("Tc-99m")
+    est.add_event("perfusion_dose", T_PERF, 200.0)
+    points = feed(est, LAM_TC, events=False)
+    assert points and all(p.percent is None for p in points)
+    assert {p.state for p in points} == {"background"}
+
+
+def test_no_isotope_no_number() -> None:
+    est = LeakageEstimator()
+    points = feed(est, LAM_TC)
+    assert all(p.percent is None for p in points)
+
+
+def test_duplicates_ignored_and_order_does_not_matter() -> None:
+    in_order = LeakageEstimator()
+    in_order.set_isotope("Tc-99m")
+    reference = {p.t: p.percent for p in feed(in_order, LAM_TC)}
+
+    shuffled = LeakageEstimator()
+    shuffled.set_isotope("Tc-99m")
+    samples = [(float(t), true_rate(t - 0.5, LAM_TC, leak_profile(t - 0.5))) for t in range(1, 2401)]
+    # Late events and a swapped pair of samples, and every sample twice.
+    for t, v in samples[:700]:
+        shuffled.add_counts(t, v, 1.0)
+    shuffled.add_event("calibration_dose", T_CAL, 20.0)
+    shuffled.update()
+    rest = samples[700:]
+    rest[10], rest[11] = rest[11], rest[10]
+    for t, v in rest:
+        shuffled.add_counts(t, v, 1.0)
+        shuffled.add_counts(t, v, 1.0)
+    shuffled.add_event("perfusion_dose", T_PERF, 200.0)
+    shuffled.add_event("perfusion_dose", T_PERF + 50, 999.0)  # a repeat is ignored
+    last = shuffled.update()
+    assert shuffled.duplicates == len(rest)
+    assert last[-1].t == 2400.0
+    assert last[-1].percent == pytest.approx(reference[2400.0], abs=1e-9)
+
+
+@given(st.floats(min_value=0.0, max_value=20.0))
+def test_formula_is_linear_in_the_rise(leak: float) -> None:
+    c_star = 355.0 + leak / 100 * K * RISE
+    assert leakage_percent(c_star, 355.0, B + RISE, B, K) == pytest.approx(leak, abs=1e-9)

@@ -1,0 +1,94 @@
+"""Handlers exercised with in-memory fakes (no network): validation at the edge, outputs, flush."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from isoperf.codec import decode, encode
+from isoperf.schemas import Event, Reading, ReadingBatch
+from isoperf.topics import Topics
+from services.leakage.estimator import EstimatorParams
+from services.leakage.handler import LeakageHandler
+from services.recorder.handler import RecorderHandler
+
+T = 1_767_225_600.0
+TOPICS = Topics()
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.buffer: list[str] = []
+        self.stored: list[str] = []
+
+    def add(self, lines: list[str]) -> None:
+        self.buffer.extend(lines)
+
+    async def flush(self) -> None:
+        self.stored.extend(self.buffer)
+        self.buffer.clear()
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.sent.append((topic, payload))
+
+
+async def test_recorder_stores_a_batch_and_refuses_bad_input_without_side_effects() -> None:
+    writer = FakeWriter()
+    rec = RecorderHandler(TOPICS, writer, 1_048_576)  # type: ignore[arg-type]
+    batch = ReadingBatch(samples=[(T, 10.0), (T + 1, 11.0)], dt=1.0)
+    await rec.handle(TOPICS.raw("or-1", "s-1", "counts"), encode(batch))
+    for bad_topic, bad in [
+        (TOPICS.raw("or-1", "s-1", "counts"), json.dumps({"samples": [[T, 1], [T, "x"]]}).encode()),
+        (TOPICS.raw("or-1", "s-1", "flow"), b"\x00\x01garbage"),
+        (TOPICS.raw("or-1", "s-1", "temperature"), encode(Reading(t=T, v=99.0))),
+        ("perfusion/OR-1/s-1/event", encode(Event(t=T, type="session_start"))),
+    ]:
+        with pytest.raises(ValueError):
+            await rec.handle(bad_topic, bad)
+    await rec.flush()
+    assert len(writer.stored) == 2 and rec.stored_readings == 2
+    assert all(",signal=counts," in line for line in writer.stored)
+
+
+async def test_leakage_handler_publishes_then_stores_and_skips_redelivered_samples() -> None:
+    writer, pub = FakeWriter(), FakePublisher()
+    params = EstimatorParams(plateau_min_wait_s=0, plateau_window_s=30, zero_start_s=5, zero_end_s=10)
+    h = LeakageHandler(TOPICS, pub, writer, None, params, 1_048_576)  # type: ignore[arg-type]
+    meta = {"t": T, "procedure": "IHHP", "isotope": "I-131", "weight_kg": 70, "circuit_volume_ml": 220,
+            "melphalan_mg_per_kg": 1}
+    await h.handle(TOPICS.session("or-1", "s-1", "meta"), json.dumps(meta).encode())
+    assert not h.sessions, "a retained meta alone does not start a session"
+    await h.handle(TOPICS.session("or-1", "s-1", "event"), encode(Event(t=T + 10, type="calibration_dose",
+                                                                           activity_mbq=20)))
+    await h.handle(TOPICS.session("or-1", "s-1", "event"), encode(Event(t=T + 80, type="perfusion_dose",
+                                                                           activity_mbq=200)))
+    counts = [(T + i, 40.0 if i <= 10 else 340.0 + (30.0 if i > 100 else 0.0)) for i in range(1, 121)]
+    await h.handle(TOPICS.raw("or-1", "s-1", "counts"), encode(ReadingBatch(samples=counts, dt=1.0)))
+    await h.flush()
+    published = [decode(p) for _, p in pub.sent]
+    assert len(published) == 120 and len(writer.stored) == 120
+    assert [p["state"] for p in published[:3]] == ["background"] * 3
+    last = published[-1]
+    assert last["state"] == "monitoring"
+    assert last["percent"] == pytest.approx(1.0, abs=0.1)  # 30 cps / (10 * 300 cps), 20 s after the step
+    # The same batch again (a redelivery after a crash) yields nothing new.
+    await h.handle(TOPICS.raw("or-1", "s-1", "counts"), encode(ReadingBatch(samples=counts, dt=1.0)))
+    await h.flush()
+    assert len(pub.sent) == 120
+
+
+async def test_leakage_handler_refuses_what_it_does_not_take() -> None:
+    h = LeakageHandler(TOPICS, FakePublisher(), FakeWriter(), None, EstimatorParams(), 1024)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        await h.handle(TOPICS.session("or-1", "s-1", "sample"), b"{}")
+    with pytest.raises(ValueError, match="exceeds"):
+        await h.handle(TOPICS.raw("or-1", "s-1", "counts"), b"{" + b" " * 4096 + b"}")
+    with pytest.raises(ValueError, match="outside"):
+        await h.handle(TOPICS.raw("or-1", "s-1", "counts"), encode(Reading(t=T, v=-5.0)))
+    assert not h.sessions
