@@ -189,12 +189,13 @@ class MqttService:
                 async with self._client() as client:
                     self.link.attach(client)
                     log.info("%s connected to %s:%d", self.service, self.settings.mqtt_host, self.settings.mqtt_port)
-                    await client.publish(self.status_topic, b"online", qos=1, retain=True)
                     if self.handler is not None:
                         for sub in self.handler.subscriptions():
                             await client.subscribe(sub, qos=1)
                         # Results of messages handled before a lost connection.
                         await self.handler.flush()
+                    # Online means ready: subscribed, so nothing published from now on is missed.
+                    await client.publish(self.status_topic, b"online", qos=1, retain=True)
                     backoff.reset()
                     await self._connected(client, stop)
                     await client.publish(self.status_topic, b"offline", qos=1, retain=True)

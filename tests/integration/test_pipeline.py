@@ -1,0 +1,117 @@
+"""Bus to storage on the real stack: every service as its own process."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from isoperf.stack import LocalStack, find_binary
+from tests.conftest import wait_for
+from tests.helpers import caught_up, count, rows, where
+
+pytestmark = pytest.mark.integration
+
+N_READINGS = 3960 * 5  # the default simulated session: 66 min, 5 signals at 1 Hz
+
+
+def run_session(services, theatre: str, session: str, **sim: str):  # type: ignore[no-untyped-def]
+    env = {"ISOPERF_THEATRE": theatre, "ISOPERF_SESSION": session, "ISOPERF_SIM_SPEED": "0", **sim}
+    return services("acquisition", **env)
+
+
+def mosquitto_pub(stack: LocalStack, topic: str, payload: bytes) -> None:
+    argv = [find_binary("mosquitto_pub"), "-h", stack.host, "-p", str(stack.mqtt_port), "-q", "1", "-t", topic]
+    subprocess.run([*argv, "-s"] if payload else [*argv, "-n"], input=payload, check=True, timeout=10)
+
+
+def test_hand_published_json_reading_is_stored_and_moves_leakage(stack, services, ids) -> None:  # type: ignore[no-untyped-def]
+    theatre, session = ids
+    services("recorder")
+    services("leakage")
+    acq = run_session(services, theatre, session, ISOPERF_SIM_START_T="1767225600", ISOPERF_SIM_RELEASE_PCT="0")
+    assert acq.wait(timeout=60) == 0, acq.output()
+    w = where(theatre, session)
+    wait_for(lambda: caught_up(stack, theatre, session))
+    before = rows(stack, f"SELECT last(percent) FROM leakage WHERE {w}")[0]
+    t_last = before["time"] / 1000.0
+    # A perfusionist types a reading in by hand: 5000 counts, far above the ~340 cps level.
+    reading = {"t": t_last + 1.0, "v": 5000, "dt": 1.0}
+    mosquitto_pub(stack, f"perfusion/{theatre}/{session}/raw/counts", json.dumps(reading).encode())
+    stored = wait_for(lambda: rows(stack, f"SELECT value FROM reading WHERE {w} AND time = {int(reading['t'] * 1000)}ms"))
+    assert stored[0]["value"] == 5000.0  # type: ignore[index]
+    after = wait_for(lambda: rows(stack, f"SELECT percent FROM leakage WHERE {w} AND time = {int(reading['t'] * 1000)}ms"))
+    assert after[0]["percent"] > before["last"] + 1.0  # type: ignore[index]
+
+
+def test_garbage_on_every_topic_costs_no_valid_reading(stack, services, ids, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    theatre, session = ids
+    recorder = services("recorder")
+    leakage = services("leakage")
+    base = f"perfusion/{theatre}/{session}"
+    rng = random.Random(7)
+    t0 = 1_767_225_600.0
+    garbage = [
+        bytes(rng.getrandbits(8) for _ in range(64)),
+        b"",
+        b"{\"t\": 1767225600, \"v\": NaN}",
+        b"{\"t\": \"yesterday\", \"v\": 3}",
+        json.dumps({"t": t0, "v": "12"}).encode(),
+        json.dumps({"t": t0, "type": "calibration_dose"}).encode(),
+        json.dumps({"samples": [[t0, 1], [t0, None]]}).encode(),
+        msgpack.packb([1, 2, 3]),
+        b"{" + b" " * (10 * 1024 * 1024) + b"}",  # 10 MB
+    ]
+    topics = [f"{base}/raw/{s}" for s in ("counts", "flow", "pressure", "temperature", "reservoir")]
+    topics += [f"{base}/event", f"{base}/sample", f"{base}/meta", f"perfusion/{theatre}/BAD-ID/raw/counts"]
+    valid = 0
+    for i, topic in enumerate(topics):
+        for junk in garbage:
+            mosquitto_pub(stack, topic, junk)
+        if "/raw/" in topic and "BAD" not in topic:
+            mosquitto_pub(stack, topic, json.dumps({"t": t0 + i, "v": 30.0 + i}).encode())  # plausible for each signal
+            valid += 1
+    w = where(theatre, session)
+    wait_for(lambda: count(stack, f"SELECT count(value) FROM reading WHERE {w}") == valid, timeout=60)
+    assert recorder.alive() and leakage.alive()
+    path = tmp_path / "deadletter" / "recorder.jsonl"
+
+    def kept() -> list[dict[str, object]]:
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    expected = {(topic, len(junk)) for topic in topics for junk in garbage}
+    wait_for(lambda: expected <= {(k["topic"], k["size"]) for k in kept()})  # at least once each (QoS 1)
+    reasons = " ".join(str(k["reason"]) for k in kept())
+    for reason in ("exceeds the limit", "not MessagePack or JSON", "finite", "valid number", "empty payload",
+                   "expected a map", "must match"):
+        assert reason in reasons
+    assert any(int(k["size"]) > 10_000_000 and k["truncated"] for k in kept())  # type: ignore[call-overload]
+    assert recorder.alive() and leakage.alive()
+    assert recorder.stop() == 0 and leakage.stop() == 0
+
+
+def test_sigkill_of_leakage_mid_session_loses_nothing(stack, services, ids) -> None:  # type: ignore[no-untyped-def]
+    theatre, session = ids
+    services("recorder")
+    leakage = services("leakage")
+    acq = run_session(services, theatre, session, ISOPERF_SIM_SPEED="150", ISOPERF_SIM_LEAK="steady")
+    w = where(theatre, session)
+    wait_for(lambda: count(stack, f"SELECT count(percent) FROM leakage WHERE {w}") > 200, timeout=60)
+    leakage.kill()
+    killed_at = rows(stack, f"SELECT last(state) FROM leakage WHERE {w}")[0]["time"]
+    wait_for(lambda: count(stack, f"SELECT count(value) FROM reading WHERE {w} AND time > {killed_at}ms") > 300)
+    services("leakage", ISOPERF_INSTANCE=leakage.env["ISOPERF_INSTANCE"])
+    assert acq.wait(timeout=120) == 0, acq.output()
+    wait_for(lambda: caught_up(stack, theatre, session), timeout=60)
+
+    assert count(stack, f"SELECT count(value) FROM reading WHERE {w}") == N_READINGS
+    counts_t = [r["time"] for r in rows(stack, f"SELECT value FROM reading WHERE {w} AND signal='counts'")]
+    leak = rows(stack, f"SELECT percent, state FROM leakage WHERE {w}")
+    assert [r["time"] for r in leak] == counts_t, "one leakage point per counting interval, no gap"
+    pct = [r["percent"] for r in leak if r["percent"] is not None]
+    jumps = [abs(b - a) for a, b in zip(pct, pct[1:], strict=False)]
+    assert max(jumps) < 0.3, "no seam where the service was killed"
