@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable
@@ -177,6 +178,8 @@ class MqttService:
             keepalive=s.mqtt_keepalive_s,
             will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
             max_inflight_messages=100,
+            # Nagle's algorithm would hold each small reading back ~40 ms.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         # See the module docstring: acknowledge after storage, not on receipt.
         client._client.manual_ack_set(True)
