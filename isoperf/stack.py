@@ -214,11 +214,11 @@ bind-address = "{self.host}:{free_port()}"
                 print(f"{name} did not stop on SIGTERM and was killed")
         self._procs.clear()
 
-    def kill_broker(self) -> None:
-        """Stop Mosquitto abruptly (for failure tests); ``restart_broker`` brings it back."""
+    def stop_broker(self) -> None:
+        """Stop Mosquitto (it saves its persistent sessions); ``restart_broker`` brings it back."""
         proc = self._procs["mosquitto"]
-        proc.kill()
-        proc.wait()
+        proc.terminate()
+        proc.wait(timeout=15)
 
     def restart_broker(self, timeout_s: float = 20.0) -> None:
         self._spawn("mosquitto", [find_binary("mosquitto"), "-c", str(self._mosquitto_conf())])

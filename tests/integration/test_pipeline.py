@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import time
 from pathlib import Path
 
 import msgpack
@@ -115,3 +116,24 @@ def test_sigkill_of_leakage_mid_session_loses_nothing(stack, services, ids) -> N
     pct = [r["percent"] for r in leak if r["percent"] is not None]
     jumps = [abs(b - a) for a, b in zip(pct, pct[1:], strict=False)]
     assert max(jumps) < 0.3, "no seam where the service was killed"
+
+
+def test_broker_restart_mid_session_services_reconnect_and_lose_nothing(stack, services, ids) -> None:  # type: ignore[no-untyped-def]
+    theatre, session = ids
+    recorder = services("recorder")
+    leakage = services("leakage")
+    acq = run_session(services, theatre, session, ISOPERF_SIM_SPEED="200")
+    w = where(theatre, session)
+    wait_for(lambda: count(stack, f"SELECT count(value) FROM reading WHERE {w}") > 2000, timeout=60)
+    stack.stop_broker()
+    time.sleep(2.0)  # the acquisition keeps reading its device and holds what it cannot send
+    stored_while_down = count(stack, f"SELECT count(value) FROM reading WHERE {w}")
+    stack.restart_broker()
+    assert acq.wait(timeout=120) == 0, acq.output()
+    wait_for(lambda: caught_up(stack, theatre, session), timeout=90)
+    assert stored_while_down < N_READINGS
+    assert count(stack, f"SELECT count(value) FROM reading WHERE {w}") == N_READINGS
+    n_counts = count(stack, f"SELECT count(value) FROM reading WHERE {w} AND signal='counts'")
+    assert count(stack, f"SELECT count(state) FROM leakage WHERE {w}") == n_counts
+    assert "reconnecting" in recorder.output() and "reconnecting" in leakage.output()
+    assert recorder.alive() and leakage.alive()
