@@ -21,7 +21,8 @@ class DecodeError(ValueError):
 
 def encode(message: BaseModel) -> bytes:
     """Encode a model as a MessagePack map, leaving out fields that are ``None``."""
-    return msgpack.packb(message.model_dump(mode="json", exclude_none=True), use_bin_type=True)
+    packed: bytes = msgpack.packb(message.model_dump(mode="json", exclude_none=True), use_bin_type=True)
+    return packed
 
 
 def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import aiomqtt
 
 from isoperf.codec import decode
+from isoperf.queries import count, leakage_caught_up, session_where
 from isoperf.stack import LocalStack, StackError
 from isoperf.topics import Topics
 
@@ -28,15 +29,13 @@ CONSUMERS = ("recorder", "leakage")
 
 def _spawn(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
     log = (logs / f"{name}.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "isoperf.cli", name], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "isoperf.cli", name], env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     return proc
 
 
 def _clock(t: float, t0: float) -> str:
-    m, s = divmod(int(round(t - t0)), 60)
+    m, s = divmod(round(t - t0), 60)
     return f"{m:3d}:{s:02d}"
 
 
@@ -67,7 +66,7 @@ async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Ev
                 message = await asyncio.wait_for(anext(messages), timeout=0.5)
             except TimeoutError:
                 continue
-            data = decode(bytes(message.payload))  # type: ignore[arg-type]
+            data = decode(message.payload if isinstance(message.payload, bytes) else b"")
             t = float(data["t"])
             t0 = t if t0 is None else t0
             if message.topic.value.endswith("/event"):
@@ -80,60 +79,34 @@ async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Ev
 
 
 def _summary(stack: LocalStack, theatre: str, session: str, wall_s: float) -> None:
-    where = f"theatre='{theatre}' AND session='{session}'"
-    n = stack.influxql(f"SELECT count(value) FROM reading WHERE {where}")
-    readings = n[0]["values"][0][1] if n else 0  # type: ignore[index]
-    ev = stack.influxql(f"SELECT first(label), last(label) FROM event WHERE {where}")
-    peak = stack.influxql(f"SELECT max(percent), ci_low, ci_high, state FROM leakage WHERE {where}")
-    before = stack.influxql(
-        f"SELECT max(percent) FROM leakage WHERE {where} AND (state='monitoring' OR state='washout')"
-        f" AND time < {_isolation_end_ms(stack, where)}ms"
-    )
-    span = ev[0]["values"][0] if ev else None  # type: ignore[index]
+    w = session_where(theatre, session)
+    events = {r["type"]: r["time"] for r in stack.rows(f"SELECT label, type FROM event WHERE {w}")}
+    isolation_end = events.get("isolation_end", 2**62)
+    during = stack.rows(f"SELECT max(percent), ci_low, ci_high FROM leakage WHERE {w} AND time < {isolation_end}ms")
+    overall = stack.rows(f"SELECT max(percent), ci_low, ci_high FROM leakage WHERE {w}")
     print("\nSummary")
-    print(f"  session            {theatre}/{session}")
-    if span is not None:
-        print(f"  simulated duration {_duration(stack, where)} (played in {wall_s:.0f} s)")
-    print(f"  readings stored    {readings}")
-    if before:
-        print(f"  peak leakage during isolation  {before[0]['values'][0][1]:.2f} %")  # type: ignore[index]
-    if peak:
-        _, pct, lo, hi, state = peak[0]["values"][0]  # type: ignore[index]
-        print(f"  peak leakage overall           {pct:.2f} % (95% CI {lo:.2f} to {hi:.2f}, {state})")
-    print(f"  data               InfluxDB database '{stack.database}' in {stack.directory / 'influxdb'}")
-    print(f"  logs               {stack.directory / 'logs'}")
+    print(f"  session              {theatre}/{session}")
+    if "session_start" in events and "session_end" in events:
+        minutes = (events["session_end"] - events["session_start"]) / 60000
+        print(f"  simulated duration   {minutes:.0f} min, played in {wall_s:.0f} s")
+    print(f"  readings stored      {count(stack, f'SELECT count(value) FROM reading WHERE {w}')}")
+    for label, r in (("peak leakage, isolated", during), ("peak leakage, overall ", overall)):
+        if r and r[0]["max"] is not None:
+            print(f"  {label}   {r[0]['max']:.2f} % (95% CI {r[0]['ci_low']:.2f} to {r[0]['ci_high']:.2f})")
+    print(f"  data                 InfluxDB database '{stack.database}' in {stack.directory / 'influxdb'}")
+    print(f"  logs                 {stack.directory / 'logs'}")
     print("\nTo look at it again:")
-    print(f"  isoperf stack --dir {stack.directory} --influx-port 8086   # in one terminal")
+    print(f"  isoperf stack --dir {stack.directory} --influx-port 8086     # in one terminal, then:")
     print(
-        "  influx -port 8086 -database perfusion -execute "
-        f"\"SELECT percent, ci_low, ci_high, state FROM leakage WHERE {where} AND time > now() - 1d\""
+        "  influx -port 8086 -database perfusion -precision rfc3339 -execute "
+        f'"SELECT percent, ci_low, ci_high, state FROM leakage WHERE {w}"'
     )
-
-
-def _isolation_end_ms(stack: LocalStack, where: str) -> int:
-    rows = stack.influxql(f"SELECT label FROM event WHERE {where} AND type='isolation_end'")
-    if not rows:
-        return 2**62
-    return int(rows[0]["values"][0][0])  # type: ignore[index]
-
-
-def _duration(stack: LocalStack, where: str) -> str:
-    rows = stack.influxql(f"SELECT label FROM event WHERE {where} AND (type='session_start' OR type='session_end')")
-    if not rows:
-        return "?"
-    times = [v[0] for v in rows[0]["values"]]  # type: ignore[index]
-    minutes = (max(times) - min(times)) / 60000
-    return f"{minutes:.0f} min"
 
 
 def _wait_caught_up(stack: LocalStack, theatre: str, session: str, timeout_s: float = 60.0) -> bool:
-    """Wait until the leakage series has reached the last stored count."""
-    where = f"theatre='{theatre}' AND session='{session}'"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        last_count = stack.influxql(f"SELECT last(value) FROM reading WHERE {where} AND signal='counts'")
-        last_leak = stack.influxql(f"SELECT last(state) FROM leakage WHERE {where}")
-        if last_count and last_leak and last_leak[0]["values"][0][0] >= last_count[0]["values"][0][0]:  # type: ignore[index]
+        if leakage_caught_up(stack, theatre, session):
             return True
         time.sleep(0.5)
     return False
@@ -173,8 +146,13 @@ def run_demo(args: argparse.Namespace) -> int:
             watcher = asyncio.create_task(_watch(stack, theatre, session, done))
             await asyncio.sleep(0.5)  # let the watcher subscribe
             acq = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "isoperf.cli", "acquisition", env=sim_env,
-                stdout=(logs / "acquisition.log").open("ab"), stderr=subprocess.STDOUT,
+                sys.executable,
+                "-m",
+                "isoperf.cli",
+                "acquisition",
+                env=sim_env,
+                stdout=(logs / "acquisition.log").open("ab"),
+                stderr=subprocess.STDOUT,
             )
             code = await acq.wait()
             await asyncio.to_thread(_wait_caught_up, stack, theatre, session)

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Self
 
 import aiohttp
-from influxdb_client import Point, WritePrecision
+from influxdb_client.client.write.point import Point
+from influxdb_client.domain.write_precision import WritePrecision
 
 from isoperf.settings import ServiceSettings
 

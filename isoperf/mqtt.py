@@ -118,7 +118,7 @@ class Backoff:
         return delay
 
 
-async def _first(*aws: Awaitable[None] | None, timeout: float | None = None) -> None:
+async def _first(*aws: Awaitable[object] | None, timeout: float | None = None) -> None:
     """Wait until the first of ``aws`` finishes (or ``timeout``) and re-raise its exception.
 
     Coroutines are wrapped in tasks that are cancelled afterwards; tasks passed

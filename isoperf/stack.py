@@ -18,7 +18,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 INSTALL_HINT = "install them with: sudo apt-get install mosquitto influxdb   (or run scripts/bootstrap as root)"
 
@@ -190,7 +190,7 @@ bind-address = "{self.host}:{free_port()}"
     def create_database(self) -> None:
         self.influxql(f'CREATE DATABASE "{self.database}"')
 
-    def influxql(self, q: str) -> list[dict[str, object]]:
+    def influxql(self, q: str) -> list[dict[str, Any]]:
         """Run one InfluxQL statement synchronously (for set-up, the CLI and tests)."""
         data = urllib.parse.urlencode({"q": q, "db": self.database, "epoch": "ms"}).encode()
         with urllib.request.urlopen(f"{self.influx_url}/query", data=data, timeout=30) as resp:
@@ -198,8 +198,17 @@ bind-address = "{self.host}:{free_port()}"
         result = body["results"][0]
         if "error" in result:
             raise StackError(result["error"])
-        series: list[dict[str, object]] = result.get("series", [])
+        series: list[dict[str, Any]] = result.get("series", [])
         return series
+
+    def rows(self, q: str) -> list[dict[str, Any]]:
+        """Run InfluxQL and return every row of every series as a dict (time in epoch ms, tags merged in)."""
+        out: list[dict[str, Any]] = []
+        for s in self.influxql(q):
+            tags = s.get("tags") or {}
+            for values in s["values"]:
+                out.append({**dict(zip(s["columns"], values, strict=True)), **tags})
+        return out
 
     def stop(self, timeout_s: float = 15.0) -> None:
         for proc in self._procs.values():

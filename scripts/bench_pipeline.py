@@ -29,6 +29,7 @@ from pathlib import Path
 import aiomqtt
 
 from isoperf.codec import decode, encode
+from isoperf.queries import count
 from isoperf.schemas import Reading
 from isoperf.stack import LocalStack
 
@@ -46,16 +47,22 @@ def _spawn(stack: LocalStack, name: str, log: Path, **extra: str) -> subprocess.
         )
 
 
-def _count(stack: LocalStack, q: str) -> int:
-    s = stack.influxql(q)
-    return int(s[0]["values"][0][1]) if s else 0  # type: ignore[index]
-
-
 def _wait_online(stack: LocalStack, service: str, instance: str) -> None:
-    argv = ["mosquitto_sub", "-h", stack.host, "-p", str(stack.mqtt_port), "-t",
-            f"perfusion/status/{service}/{instance}", "-C", "1", "-W", "1"]
+    argv = [
+        "mosquitto_sub",
+        "-h",
+        stack.host,
+        "-p",
+        str(stack.mqtt_port),
+        "-t",
+        f"perfusion/status/{service}/{instance}",
+        "-C",
+        "1",
+        "-W",
+        "1",
+    ]
     for _ in range(100):
-        if subprocess.run(argv, capture_output=True).stdout.strip() == b"online":
+        if subprocess.run(argv, capture_output=True, check=False).stdout.strip() == b"online":
             return
         time.sleep(0.1)
     raise RuntimeError(f"{service} did not come online")
@@ -65,9 +72,17 @@ def play_sessions(
     stack: LocalStack, logs: Path, prefix: str, n: int, start_t: float, speed: float = 0.0
 ) -> list[subprocess.Popen[bytes]]:
     return [
-        _spawn(stack, "acquisition", logs / f"acq-{prefix}{i}.log", ISOPERF_THEATRE=f"{prefix}{i}",
-               ISOPERF_SESSION=f"{prefix}{i}", ISOPERF_SIM_SPEED=str(speed), ISOPERF_SIM_SEED=str(i),
-               ISOPERF_SIM_START_T=str(start_t), ISOPERF_INSTANCE=f"{prefix}{i}")
+        _spawn(
+            stack,
+            "acquisition",
+            logs / f"acq-{prefix}{i}.log",
+            ISOPERF_THEATRE=f"{prefix}{i}",
+            ISOPERF_SESSION=f"{prefix}{i}",
+            ISOPERF_SIM_SPEED=str(speed),
+            ISOPERF_SIM_SEED=str(i),
+            ISOPERF_SIM_START_T=str(start_t),
+            ISOPERF_INSTANCE=f"{prefix}{i}",
+        )
         for i in range(n)
     ]
 
@@ -77,15 +92,17 @@ def wait_stored(stack: LocalStack, prefix: str, n: int, timeout: float = 600.0) 
     expected = n * READINGS_PER_SESSION
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        readings = _count(stack, f"SELECT count(value) FROM reading WHERE theatre =~ /^{prefix}/")
-        leak = _count(stack, f"SELECT count(state) FROM leakage WHERE theatre =~ /^{prefix}/")
+        readings = count(stack, f"SELECT count(value) FROM reading WHERE theatre =~ /^{prefix}/")
+        leak = count(stack, f"SELECT count(state) FROM leakage WHERE theatre =~ /^{prefix}/")
         if readings >= expected and leak >= n * 3960:
             return time.monotonic()
         time.sleep(0.05)
     raise RuntimeError(f"not all stored within {timeout} s: {readings}/{expected} readings, {leak} leakage points")
 
 
-async def probe_latency(stack: LocalStack, theatre: str, session: str, t_start: float, n: int, hz: float) -> list[float]:
+async def probe_latency(
+    stack: LocalStack, theatre: str, session: str, t_start: float, n: int, hz: float
+) -> list[float]:
     """Publish ``n`` single counts readings; time each until its leakage point arrives."""
     sent: dict[int, float] = {}
     latencies: list[float] = []
@@ -95,7 +112,8 @@ async def probe_latency(stack: LocalStack, theatre: str, session: str, t_start: 
 
         async def receive() -> None:
             async for message in client.messages:
-                t_ms = round(float(decode(bytes(message.payload))["t"]) * 1000)  # type: ignore[arg-type]
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                t_ms = round(float(decode(payload)["t"]) * 1000)
                 if t_ms in sent:
                     latencies.append(time.perf_counter() - sent.pop(t_ms))
                     if len(latencies) == n:
@@ -121,13 +139,16 @@ def main() -> None:
     ap.add_argument("--theatres", type=int, default=4, help="sessions played at once for the throughput load")
     ap.add_argument("--probes", type=int, default=300, help="readings timed for latency, per phase")
     ap.add_argument("--probe-hz", type=float, default=20.0)
-    ap.add_argument("--load-speed", type=float, default=10.0,
-                    help="speed of the sessions played during the loaded latency phase")
+    ap.add_argument(
+        "--load-speed", type=float, default=10.0, help="speed of the sessions played during the loaded latency phase"
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp) / "stack") as stack:
         logs = Path(tmp)
-        procs = [_spawn(stack, name, logs / f"{name}.log", ISOPERF_INSTANCE="bench") for name in ("recorder", "leakage")]
+        procs = [
+            _spawn(stack, name, logs / f"{name}.log", ISOPERF_INSTANCE="bench") for name in ("recorder", "leakage")
+        ]
         for name in ("recorder", "leakage"):
             _wait_online(stack, name, "bench")
         try:
@@ -156,7 +177,7 @@ def main() -> None:
             for p in play_sessions(stack, logs, "load", args.theatres, start_t):
                 p.wait()
             t1 = wait_stored(stack, "load", args.theatres)
-            stored = _count(stack, "SELECT count(value) FROM reading WHERE theatre =~ /^load/")
+            stored = count(stack, "SELECT count(value) FROM reading WHERE theatre =~ /^load/")
         finally:
             for p in procs:
                 p.terminate()
@@ -168,7 +189,10 @@ def main() -> None:
     print(f"    {total} readings published, {stored} stored ({total - stored} lost), in {t1 - t0:.1f} s")
     print(f"    sustained {total / (t1 - t0):,.0f} readings/s (publication to storage, leakage included)")
     rate = args.theatres * args.load_speed * 5
-    for label, lat in (("idle", idle), (f"while {args.theatres} sessions play at x{args.load_speed:g} ({rate:g} readings/s)", loaded)):
+    for label, lat in (
+        ("idle", idle),
+        (f"while {args.theatres} sessions play at x{args.load_speed:g} ({rate:g} readings/s)", loaded),
+    ):
         print(f"  latency reading -> leakage point, {label} ({len(lat)} readings at {args.probe_hz:g}/s):")
         print(f"    median {statistics.median(lat) * 1000:.1f} ms, p99 {_pct(lat, 0.99) * 1000:.1f} ms")
     print(f"  latency ratio loaded/idle (median): {statistics.median(loaded) / statistics.median(idle):.2f}")

@@ -61,11 +61,23 @@ class ServiceProcess:
     def wait_online(self, stack: LocalStack, timeout: float = 30.0) -> ServiceProcess:
         """Wait for the service's retained status to say ``online`` (it is subscribed by then)."""
         topic = f"perfusion/status/{self.name}/{self.env['ISOPERF_INSTANCE']}"
-        argv = [find_binary("mosquitto_sub"), "-h", stack.host, "-p", str(stack.mqtt_port), "-t", topic, "-C", "1", "-W", "1"]
+        argv = [
+            find_binary("mosquitto_sub"),
+            "-h",
+            stack.host,
+            "-p",
+            str(stack.mqtt_port),
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            "1",
+        ]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.alive(), self.output()
-            out = subprocess.run(argv, capture_output=True, timeout=5)
+            out = subprocess.run(argv, capture_output=True, timeout=5, check=False)
             if out.stdout.strip() == b"online":
                 return self
             time.sleep(0.1)

@@ -16,6 +16,7 @@ from isoperf.codec import decode, encode
 from isoperf.influx import InfluxClient, InfluxWriter
 from isoperf.mqtt import Publisher
 from isoperf.points import leakage_line
+from isoperf.queries import session_where
 from isoperf.schemas import Event, Leakage, SessionMeta, check_signal_range, parse_reading_payload, readings_of
 from isoperf.topics import Topics
 from services.leakage.estimator import EstimatorParams, LeakageEstimator, LeakagePoint
@@ -27,10 +28,6 @@ log = logging.getLogger(__name__)
 class _Session:
     estimator: LeakageEstimator
     outbox: list[Leakage] = field(default_factory=list)
-
-
-def _q(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 class LeakageHandler:
@@ -75,9 +72,10 @@ class LeakageHandler:
             # the isotope; rebuild a session only when its counts or events come.
             meta = SessionMeta.model_validate(data)
             self.isotopes[key] = meta.isotope
-            sess = self.sessions.get(key)
-            if sess is None:
+            known = self.sessions.get(key)
+            if known is None:
                 return
+            sess = known
             sess.estimator.set_isotope(meta.isotope)
         else:
             raise ValueError(f"the leakage service does not take {where.kind!r} messages")
@@ -114,7 +112,7 @@ class LeakageHandler:
         """Replay the stored session; keep only points after the last stored leakage point."""
         assert self.influx is not None
         theatre, session = key
-        where = f"theatre='{_q(theatre)}' AND session='{_q(session)}'"
+        where = session_where(theatre, session)
         est = sess.estimator
         if key not in self.isotopes:
             meta = await self.influx.rows(f"SELECT last(isotope) AS isotope FROM session WHERE {where}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import subprocess
@@ -43,9 +44,13 @@ def test_hand_published_json_reading_is_stored_and_moves_leakage(stack, services
     # A perfusionist types a reading in by hand: 5000 counts, far above the ~340 cps level.
     reading = {"t": t_last + 1.0, "v": 5000, "dt": 1.0}
     mosquitto_pub(stack, f"perfusion/{theatre}/{session}/raw/counts", json.dumps(reading).encode())
-    stored = wait_for(lambda: rows(stack, f"SELECT value FROM reading WHERE {w} AND time = {int(reading['t'] * 1000)}ms"))
+    stored = wait_for(
+        lambda: rows(stack, f"SELECT value FROM reading WHERE {w} AND time = {int(reading['t'] * 1000)}ms")
+    )
     assert stored[0]["value"] == 5000.0  # type: ignore[index]
-    after = wait_for(lambda: rows(stack, f"SELECT percent FROM leakage WHERE {w} AND time = {int(reading['t'] * 1000)}ms"))
+    after = wait_for(
+        lambda: rows(stack, f"SELECT percent FROM leakage WHERE {w} AND time = {int(reading['t'] * 1000)}ms")
+    )
     assert after[0]["percent"] > before["last"] + 1.0  # type: ignore[index]
 
 
@@ -59,8 +64,8 @@ def test_garbage_on_every_topic_costs_no_valid_reading(stack, services, ids, tmp
     garbage = [
         bytes(rng.getrandbits(8) for _ in range(64)),
         b"",
-        b"{\"t\": 1767225600, \"v\": NaN}",
-        b"{\"t\": \"yesterday\", \"v\": 3}",
+        b'{"t": 1767225600, "v": NaN}',
+        b'{"t": "yesterday", "v": 3}',
         json.dumps({"t": t0, "v": "12"}).encode(),
         json.dumps({"t": t0, "type": "calibration_dose"}).encode(),
         json.dumps({"samples": [[t0, 1], [t0, None]]}).encode(),
@@ -87,8 +92,15 @@ def test_garbage_on_every_topic_costs_no_valid_reading(stack, services, ids, tmp
     expected = {(topic, len(junk)) for topic in topics for junk in garbage}
     wait_for(lambda: expected <= {(k["topic"], k["size"]) for k in kept()})  # at least once each (QoS 1)
     reasons = " ".join(str(k["reason"]) for k in kept())
-    for reason in ("exceeds the limit", "not MessagePack or JSON", "finite", "valid number", "empty payload",
-                   "expected a map", "must match"):
+    for reason in (
+        "exceeds the limit",
+        "not MessagePack or JSON",
+        "finite",
+        "valid number",
+        "empty payload",
+        "expected a map",
+        "must match",
+    ):
         assert reason in reasons
     assert any(int(k["size"]) > 10_000_000 and k["truncated"] for k in kept())  # type: ignore[call-overload]
     assert recorder.alive() and leakage.alive()
@@ -114,7 +126,7 @@ def test_sigkill_of_leakage_mid_session_loses_nothing(stack, services, ids) -> N
     leak = rows(stack, f"SELECT percent, state FROM leakage WHERE {w}")
     assert [r["time"] for r in leak] == counts_t, "one leakage point per counting interval, no gap"
     pct = [r["percent"] for r in leak if r["percent"] is not None]
-    jumps = [abs(b - a) for a, b in zip(pct, pct[1:], strict=False)]
+    jumps = [abs(b - a) for a, b in itertools.pairwise(pct)]
     assert max(jumps) < 0.3, "no seam where the service was killed"
 
 

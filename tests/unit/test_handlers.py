@@ -60,14 +60,22 @@ async def test_leakage_handler_publishes_then_stores_and_skips_redelivered_sampl
     writer, pub = FakeWriter(), FakePublisher()
     params = EstimatorParams(plateau_min_wait_s=0, plateau_window_s=30, zero_start_s=5, zero_end_s=10)
     h = LeakageHandler(TOPICS, pub, writer, None, params, 1_048_576)  # type: ignore[arg-type]
-    meta = {"t": T, "procedure": "IHHP", "isotope": "I-131", "weight_kg": 70, "circuit_volume_ml": 220,
-            "melphalan_mg_per_kg": 1}
+    meta = {
+        "t": T,
+        "procedure": "IHHP",
+        "isotope": "I-131",
+        "weight_kg": 70,
+        "circuit_volume_ml": 220,
+        "melphalan_mg_per_kg": 1,
+    }
     await h.handle(TOPICS.session("or-1", "s-1", "meta"), json.dumps(meta).encode())
     assert not h.sessions, "a retained meta alone does not start a session"
-    await h.handle(TOPICS.session("or-1", "s-1", "event"), encode(Event(t=T + 10, type="calibration_dose",
-                                                                           activity_mbq=20)))
-    await h.handle(TOPICS.session("or-1", "s-1", "event"), encode(Event(t=T + 80, type="perfusion_dose",
-                                                                           activity_mbq=200)))
+    await h.handle(
+        TOPICS.session("or-1", "s-1", "event"), encode(Event(t=T + 10, type="calibration_dose", activity_mbq=20))
+    )
+    await h.handle(
+        TOPICS.session("or-1", "s-1", "event"), encode(Event(t=T + 80, type="perfusion_dose", activity_mbq=200))
+    )
     counts = [(T + i, 40.0 if i <= 10 else 340.0 + (30.0 if i > 100 else 0.0)) for i in range(1, 121)]
     await h.handle(TOPICS.raw("or-1", "s-1", "counts"), encode(ReadingBatch(samples=counts, dt=1.0)))
     await h.flush()

@@ -128,8 +128,14 @@ def test_event_fields_depend_on_type() -> None:
 
 
 def test_meta_thresholds_must_be_finite() -> None:
-    base = {"t": T, "procedure": "IHHP", "isotope": "Tc-99m", "weight_kg": 70, "circuit_volume_ml": 220,
-            "melphalan_mg_per_kg": 1.0}
+    base = {
+        "t": T,
+        "procedure": "IHHP",
+        "isotope": "Tc-99m",
+        "weight_kg": 70,
+        "circuit_volume_ml": 220,
+        "melphalan_mg_per_kg": 1.0,
+    }
     assert SessionMeta.model_validate({**base, "thresholds": {"warning": 2}}).thresholds == {"warning": 2.0}
     with pytest.raises(ValidationError):
         SessionMeta.model_validate({**base, "thresholds": {"warning": math.inf}})
@@ -185,7 +191,7 @@ def test_reading_lines_by_the_contract() -> None:
 
 def test_event_line_always_has_a_field_and_escapes_text() -> None:
     start = event_line("or-3", "s-1", Event(t=T, type="session_start"))
-    assert start.startswith("event,session=s-1,theatre=or-3,type=session_start label=\"session start\"")
+    assert start.startswith('event,session=s-1,theatre=or-3,type=session_start label="session start"')
     note = event_line("or-3", "s-1", Event(t=T, type="note", text='clamp "re-set", ok'))
     assert r'text="clamp \"re-set\", ok"' in note
 
@@ -196,7 +202,14 @@ def test_leakage_line_leaves_out_missing_numbers() -> None:
 
 
 def test_session_line_keeps_thresholds_as_json() -> None:
-    meta = SessionMeta(t=T, procedure="ILP", isotope="I-131", weight_kg=80, circuit_volume_ml=500,
-                       melphalan_mg_per_kg=1.0, thresholds={"warning": 3.0})
+    meta = SessionMeta(
+        t=T,
+        procedure="ILP",
+        isotope="I-131",
+        weight_kg=80,
+        circuit_volume_ml=500,
+        melphalan_mg_per_kg=1.0,
+        thresholds={"warning": 3.0},
+    )
     line = session_line("or-3", "s-1", meta)
     assert 'isotope="I-131"' in line and json.dumps({"warning": 3.0}).replace('"', '\\"') in line
