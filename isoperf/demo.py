@@ -90,17 +90,26 @@ def _summary(stack: LocalStack, theatre: str, session: str, wall_s: float) -> No
         minutes = (events["session_end"] - events["session_start"]) / 60000
         print(f"  simulated duration   {minutes:.0f} min, played in {wall_s:.0f} s")
     print(f"  readings stored      {count(stack, f'SELECT count(value) FROM reading WHERE {w}')}")
-    for label, r in (("peak leakage, isolated", during), ("peak leakage, overall ", overall)):
+    for label, r in (("peak leakage, isolation", during), ("peak leakage, session  ", overall)):
         if r and r[0]["max"] is not None:
             print(f"  {label}   {r[0]['max']:.2f} % (95% CI {r[0]['ci_low']:.2f} to {r[0]['ci_high']:.2f})")
     print(f"  data                 InfluxDB database '{stack.database}' in {stack.directory / 'influxdb'}")
     print(f"  logs                 {stack.directory / 'logs'}")
     print("\nTo look at it again:")
-    print(f"  isoperf stack --dir {stack.directory} --influx-port 8086     # in one terminal, then:")
+    print(f"  {_isoperf_command()} stack --dir {stack.directory} --influx-port 8086     # in one terminal, then:")
     print(
         "  influx -port 8086 -database perfusion -precision rfc3339 -execute "
         f'"SELECT percent, ci_low, ci_high, state FROM leakage WHERE {w}"'
     )
+
+
+def _isoperf_command() -> str:
+    """How to call ``isoperf`` from here: it lives beside this Python, usually in .venv/bin."""
+    script = Path(sys.executable).with_name("isoperf")
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def _wait_caught_up(stack: LocalStack, theatre: str, session: str, timeout_s: float = 60.0) -> bool:
