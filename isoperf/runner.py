@@ -33,12 +33,13 @@ async def run_consumer(service: str, settings: ServiceSettings, make_handler: Ha
         log.info("%s starting (instance %s)", service, settings.instance)
         await mqtt.run(stop)
         log.info(
-            "%s stopped: %d messages handled, %d rejected (%s), %d lines stored",
+            "%s stopped: %d messages handled, %d rejected (%s), %d lines stored, %d refused by InfluxDB",
             service,
             mqtt.handled,
             mqtt.deadletters.count,
             mqtt.deadletters.path,
             writer.written,
+            writer.refused,
         )
 
 

@@ -24,7 +24,6 @@ class Playback:
         self.topics, self.outbox, self.theatre, self.session = topics, outbox, theatre, session
         self.published_readings = 0
         self.published_events = 0
-        self.sim_t: float | None = None
 
     def publish_meta(self, meta: SessionMeta) -> None:
         self.outbox.put(self.topics.session(self.theatre, self.session, "meta"), encode(meta), retain=True)
@@ -44,8 +43,7 @@ class Playback:
 
     def emit(self, items: Iterable[Item]) -> None:
         batches: dict[str, list[Reading]] = {}
-        for t, kind, item in items:
-            self.sim_t = t
+        for _, kind, item in items:
             if isinstance(item, Event):
                 self._flush_batches(batches)
                 self.outbox.put(self.topics.session(self.theatre, self.session, "event"), encode(item))

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from isoperf.isotopes import decay_constant_per_s
+from isoperf.schemas import Leakage, LeakageState
 
 Z95 = 1.959963984540054
 DUPLICATE_S = 0.0005  # samples closer than this are the same sample (storage keeps ms)
@@ -86,18 +87,6 @@ class EstimatorParams:
     # The fast filter, and the disagreement (in standard errors) at which the slow one follows it.
     fast_q_rate: float = 1e-5
     switch_z: float = 4.0
-
-
-@dataclass(frozen=True)
-class LeakagePoint:
-    t: float
-    state: str
-    percent: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    rate_pct_min: float | None = None
-    rate_se_pct_min: float | None = None
-    step: bool | None = None
 
 
 @dataclass
@@ -168,10 +157,6 @@ class LeakageEstimator:
             self._reset()  # late sample: recompute from the start, emit only new times
         return True
 
-    @property
-    def last_t(self) -> float | None:
-        return self._t[-1] if self._t else None
-
     # -- processing --------------------------------------------------------------------
 
     def _reset(self) -> None:
@@ -181,9 +166,9 @@ class LeakageEstimator:
         self._filter: _Filter | None = None
         self._fast: _Filter | None = None
 
-    def update(self) -> list[LeakagePoint]:
+    def update(self) -> list[Leakage]:
         """Process every sample not processed yet; return the points at times not emitted before."""
-        out: list[LeakagePoint] = []
+        out: list[Leakage] = []
         while self._done < len(self._t):
             i = self._done
             point = self._step(i)
@@ -198,29 +183,34 @@ class LeakageEstimator:
         e = self.events.get(kind)
         return e[0] if e else None
 
-    def _phase_state(self, t: float) -> str:
-        for kind, state in (("session_end", "ended"), ("washout_end", "monitoring"), ("washout_start", "washout")):
+    def _phase_state(self, t: float) -> LeakageState:
+        phases: tuple[tuple[str, LeakageState], ...] = (
+            ("session_end", "ended"),
+            ("washout_end", "monitoring"),
+            ("washout_start", "washout"),
+        )
+        for kind, state in phases:
             te = self._event_t(kind)
             if te is not None and t >= te:
                 return state
         return "monitoring"
 
-    def _step(self, i: int) -> LeakagePoint:
+    def _step(self, i: int) -> Leakage:
         t = self._t[i]
         t_cal = self._event_t("calibration_dose")
         if t_cal is None or t <= t_cal or self._lam is None:
-            return LeakagePoint(t=t, state="background" if t_cal is None or t <= t_cal else "calibrating")
+            return Leakage(t=t, state="background" if t_cal is None or t <= t_cal else "calibrating")
         if self._plateau_start is None:
             self._plateau_start = self._find_plateau(i, t_cal)
             if self._plateau_start is None:
-                return LeakagePoint(t=t, state="calibrating")
+                return Leakage(t=t, state="calibrating")
         t_perf = self._event_t("perfusion_dose")
         if t_perf is None or t < t_perf + self.params.zero_end_s:
-            return LeakagePoint(t=t, state="calibrated")
+            return Leakage(t=t, state="calibrated")
         if self._ref is None:
             self._ref = self._reference(t_cal, t_perf)
             if self._ref is None:
-                return LeakagePoint(t=t, state="calibrated")
+                return Leakage(t=t, state="calibrated")
             self._filter = _Filter(t=t_perf + self.params.zero_end_s)
             self._fast = _Filter(t=t_perf + self.params.zero_end_s)
         assert self._filter is not None
@@ -297,7 +287,7 @@ class LeakageEstimator:
 
     # -- monitoring ------------------------------------------------------------------------
 
-    def _filter_step(self, i: int, t_cal: float, ref: _Reference, f: _Filter) -> LeakagePoint:
+    def _filter_step(self, i: int, t_cal: float, ref: _Reference, f: _Filter) -> Leakage:
         assert self._lam is not None and self._fast is not None
         p = self.params
         t, n, dt = self._t[i], self._n[i], self._dt[i]
@@ -328,7 +318,7 @@ class LeakageEstimator:
 
         var = f.p[0, 0] + ref.zero_var * scale**2 + (f.level**2) * ref.rise_var / ref.rise**2
         half = Z95 * math.sqrt(var)
-        return LeakagePoint(
+        return Leakage(
             t=t,
             state=self._phase_state(t),
             percent=f.level,

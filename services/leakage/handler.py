@@ -19,7 +19,7 @@ from isoperf.points import leakage_line
 from isoperf.queries import session_where
 from isoperf.schemas import Event, Leakage, SessionMeta, check_signal_range, parse_reading_payload, readings_of
 from isoperf.topics import Topics
-from services.leakage.estimator import EstimatorParams, LeakageEstimator, LeakagePoint
+from services.leakage.estimator import EstimatorParams, LeakageEstimator
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,13 @@ class LeakageHandler:
         self._collect(key, sess)
 
     def _collect(self, key: tuple[str, str], sess: _Session) -> None:
-        theatre, session = key
         for point in sess.estimator.update():
-            leak = _to_message(point)
-            sess.outbox.append(leak)
-            self.writer.add([leakage_line(theatre, session, leak)])
+            self._emit(key, sess, point)
+
+    def _emit(self, key: tuple[str, str], sess: _Session, point: Leakage) -> None:
+        """Queue a point for publication and storage; ``flush`` sends and stores it."""
+        sess.outbox.append(point)
+        self.writer.add([leakage_line(key[0], key[1], point)])
 
     async def flush(self) -> None:
         """Publish new points (QoS 1, the live path first), then store them."""
@@ -129,9 +131,7 @@ class LeakageHandler:
         last_t = last[0]["time"] / 1000.0 if last else None
         for point in est.update():
             if last_t is None or point.t > last_t + 0.0005:
-                leak = _to_message(point)
-                sess.outbox.append(leak)
-                self.writer.add([leakage_line(theatre, session, leak)])
+                self._emit(key, sess, point)
         if counts:
             log.info(
                 "rebuilt %s/%s from %d stored counts; %d points were missing from storage",
@@ -140,16 +140,3 @@ class LeakageHandler:
                 len(counts),
                 len(sess.outbox),
             )
-
-
-def _to_message(point: LeakagePoint) -> Leakage:
-    return Leakage(
-        t=point.t,
-        state=point.state,  # type: ignore[arg-type]
-        percent=point.percent,
-        ci_low=point.ci_low,
-        ci_high=point.ci_high,
-        rate_pct_min=point.rate_pct_min,
-        rate_se_pct_min=point.rate_se_pct_min,
-        step=point.step,
-    )

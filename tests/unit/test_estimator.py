@@ -57,7 +57,8 @@ def test_unknown_isotope() -> None:
 
 # -- a noise-free session -------------------------------------------------------------------------
 
-T_CAL, T_PERF = 300.0, 1200.0
+T0 = 1_767_225_600.0  # event times are Unix seconds
+T_CAL, T_PERF = T0 + 300.0, T0 + 1200.0
 B, RISE, K = 40.0, 300.0, 10.0
 
 
@@ -72,7 +73,7 @@ def true_rate(t: float, lam: float, leak_pct: float) -> float:
 
 
 def leak_profile(t: float) -> float:
-    return 0.0 if t < 1500 else 2.0  # a 2 % step at t = 1500
+    return 0.0 if t < T0 + 1500 else 2.0  # a 2 % step 1500 s into the session
 
 
 def feed(est: LeakageEstimator, lam: float, t_end: float = 2400.0, events: bool = True) -> list:  # type: ignore[type-arg]
@@ -80,8 +81,8 @@ def feed(est: LeakageEstimator, lam: float, t_end: float = 2400.0, events: bool 
         est.add_event("calibration_dose", T_CAL, 20.0)
         est.add_event("perfusion_dose", T_PERF, 200.0)
     points = []
-    t = 1.0
-    while t <= t_end:
+    t = T0 + 1.0
+    while t <= T0 + t_end:
         est.add_counts(t, true_rate(t - 0.5, lam, leak_profile(t - 0.5)), 1.0)
         points.extend(est.update())
         t += 1.0
@@ -94,27 +95,27 @@ def test_noise_free_session_recovers_leak(isotope: str) -> None:
     est.set_isotope(isotope)
     points = feed(est, decay_constant_per_s(isotope))
     by_t = {p.t: p for p in points}
-    assert by_t[1400.0].percent == pytest.approx(0.0, abs=1e-6)
+    assert by_t[T0 + 1400.0].percent == pytest.approx(0.0, abs=1e-6)
     # Without decay-correcting k, Tc-99m would read 2.2 % low here (exp(lambda * 900 s)).
-    assert by_t[2400.0].percent == pytest.approx(2.0, abs=0.005)
-    assert by_t[2400.0].ci_low < 2.0 < by_t[2400.0].ci_high
-    assert any(p.step for p in points if 1500 <= p.t <= 1530), "the 2 % step is flagged"
+    assert by_t[T0 + 2400.0].percent == pytest.approx(2.0, abs=0.005)
+    assert by_t[T0 + 2400.0].ci_low < 2.0 < by_t[T0 + 2400.0].ci_high
+    assert any(p.step for p in points if T0 + 1500 <= p.t <= T0 + 1530), "the 2 % step is flagged"
 
 
 def test_states_follow_the_procedure() -> None:
     est = LeakageEstimator()
     est.set_isotope("I-131")
-    est.add_event("washout_start", 2000.0)
-    est.add_event("washout_end", 2100.0)
-    est.add_event("session_end", 2300.0)
+    est.add_event("washout_start", T0 + 2000.0)
+    est.add_event("washout_end", T0 + 2100.0)
+    est.add_event("session_end", T0 + 2300.0)
     states = {p.t: p.state for p in feed(est, decay_constant_per_s("I-131"))}
-    assert states[100.0] == "background"
-    assert states[400.0] == "calibrating"
-    assert states[1210.0] == "calibrated"  # inside the zero window
-    assert states[1400.0] == "monitoring"
-    assert states[2050.0] == "washout"
-    assert states[2200.0] == "monitoring"
-    assert states[2350.0] == "ended"
+    assert states[T0 + 100.0] == "background"
+    assert states[T0 + 400.0] == "calibrating"
+    assert states[T0 + 1210.0] == "calibrated"  # inside the zero window
+    assert states[T0 + 1400.0] == "monitoring"
+    assert states[T0 + 2050.0] == "washout"
+    assert states[T0 + 2200.0] == "monitoring"
+    assert states[T0 + 2350.0] == "ended"
 
 
 def test_plateau_is_found_by_stability_not_a_fixed_wait() -> None:
@@ -125,7 +126,7 @@ def test_plateau_is_found_by_stability_not_a_fixed_wait() -> None:
         est.set_isotope("I-131")
         est.add_event("calibration_dose", T_CAL, 20.0)
         for i in range(1, 1200):
-            t = float(i)
+            t = T0 + i
             mix = 0.0 if t < T_CAL else (1 - math.exp(-(t - T_CAL) / mixing_s) if mixing_s else 1.0)
             est.add_counts(t, B + RISE * mix, 1.0)
             for p in est.update():
@@ -160,7 +161,7 @@ def test_duplicates_ignored_and_order_does_not_matter() -> None:
 
     shuffled = LeakageEstimator()
     shuffled.set_isotope("Tc-99m")
-    samples = [(float(t), true_rate(t - 0.5, LAM_TC, leak_profile(t - 0.5))) for t in range(1, 2401)]
+    samples = [(T0 + t, true_rate(T0 + t - 0.5, LAM_TC, leak_profile(T0 + t - 0.5))) for t in range(1, 2401)]
     # Late events and a swapped pair of samples, and every sample twice.
     for t, v in samples[:700]:
         shuffled.add_counts(t, v, 1.0)
@@ -175,8 +176,8 @@ def test_duplicates_ignored_and_order_does_not_matter() -> None:
     shuffled.add_event("perfusion_dose", T_PERF + 50, 999.0)  # a repeat is ignored
     last = shuffled.update()
     assert shuffled.duplicates == len(rest)
-    assert last[-1].t == 2400.0
-    assert last[-1].percent == pytest.approx(reference[2400.0], abs=1e-9)
+    assert last[-1].t == T0 + 2400.0
+    assert last[-1].percent == pytest.approx(reference[T0 + 2400.0], abs=1e-9)
 
 
 @given(st.floats(min_value=0.0, max_value=20.0))
