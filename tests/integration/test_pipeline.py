@@ -149,3 +149,22 @@ def test_broker_restart_mid_session_services_reconnect_and_lose_nothing(stack, s
     assert count(stack, f"SELECT count(state) FROM leakage WHERE {w}") == n_counts
     assert "reconnecting" in recorder.output() and "reconnecting" in leakage.output()
     assert recorder.alive() and leakage.alive()
+
+
+def test_sigterm_drains_and_leaves_a_retained_offline_status(stack, services, ids) -> None:  # type: ignore[no-untyped-def]
+    theatre, session = ids
+    recorder = services("recorder")
+    acq = run_session(services, theatre, session, ISOPERF_SIM_SPEED="0")
+    assert acq.wait(timeout=60) == 0
+    assert recorder.stop() == 0  # SIGTERM while the backlog is being stored
+    assert "recorder stopped:" in recorder.output()
+    status = subprocess.run(
+        [find_binary("mosquitto_sub"), "-h", stack.host, "-p", str(stack.mqtt_port), "-C", "1", "-W", "5",
+         "-t", f"perfusion/status/recorder/{recorder.env['ISOPERF_INSTANCE']}"],
+        capture_output=True, timeout=10, check=False,
+    )
+    assert status.stdout.strip() == b"offline"
+    # Whatever the recorder had not stored when it stopped, the broker kept: a new run stores the rest.
+    services("recorder", ISOPERF_INSTANCE=recorder.env["ISOPERF_INSTANCE"])
+    w = where(theatre, session)
+    wait_for(lambda: count(stack, f"SELECT count(value) FROM reading WHERE {w}") == N_READINGS, timeout=60)
