@@ -159,9 +159,22 @@ def test_sigterm_drains_and_leaves_a_retained_offline_status(stack, services, id
     assert recorder.stop() == 0  # SIGTERM while the backlog is being stored
     assert "recorder stopped:" in recorder.output()
     status = subprocess.run(
-        [find_binary("mosquitto_sub"), "-h", stack.host, "-p", str(stack.mqtt_port), "-C", "1", "-W", "5",
-         "-t", f"perfusion/status/recorder/{recorder.env['ISOPERF_INSTANCE']}"],
-        capture_output=True, timeout=10, check=False,
+        [
+            find_binary("mosquitto_sub"),
+            "-h",
+            stack.host,
+            "-p",
+            str(stack.mqtt_port),
+            "-C",
+            "1",
+            "-W",
+            "5",
+            "-t",
+            f"perfusion/status/recorder/{recorder.env['ISOPERF_INSTANCE']}",
+        ],
+        capture_output=True,
+        timeout=10,
+        check=False,
     )
     assert status.stdout.strip() == b"offline"
     # Whatever the recorder had not stored when it stopped, the broker kept: a new run stores the rest.
