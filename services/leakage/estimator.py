@@ -45,6 +45,7 @@ from isoperf.isotopes import decay_constant_per_s
 from isoperf.schemas import Leakage, LeakageState
 
 Z95 = 1.959963984540054
+INITIAL_RATE_SD = 0.1  # %/min: prior on the leak rate when monitoring starts
 DUPLICATE_S = 0.0005  # samples closer than this are the same sample (storage keeps ms)
 
 
@@ -61,6 +62,20 @@ def leakage_percent(
     if k <= 0 or rise <= 0:
         raise ValueError(f"need k > 0 and a calibration rise > 0, got k={k}, rise={rise}")
     return 100.0 * (corrected_cps - zero_cps) / (k * rise)
+
+
+def shine_through_corrected_percent(percent: float, k: float, rise_cps: float, shine_cps: float) -> float:
+    """Correct ``L`` for the circuit's shine-through ``S = C_0 - C_cal`` (cps, decay-corrected).
+
+    Tracer that leaks leaves the circuit, whose shine-through ``S`` the probe saw
+    at the zero point, and enters the body, seen at ``k * (C_cal - B)`` for all of
+    it: ``C* - C_0 = L/100 * (k * (C_cal - B) - S)``. So
+    ``L_corrected = L * k * (C_cal - B) / (k * (C_cal - B) - S)``.
+    """
+    seen = k * rise_cps - shine_cps
+    if seen <= 0:
+        raise ValueError(f"shine-through {shine_cps} cps is not below the circuit dose's {k * rise_cps} cps")
+    return percent * k * rise_cps / seen
 
 
 def activity_ratio(a_perf_mbq: float, a_cal_mbq: float, lam_per_s: float, t_perf: float, t_cal: float) -> float:
@@ -81,12 +96,17 @@ class EstimatorParams:
     zero_start_s: float = 60.0
     zero_end_s: float = 120.0
     output_interval_s: float = 1.0
+    shine_through_correction: bool = True
+    # Fit and extrapolate the slow drift of the calibration plateau (albumin leaving the
+    # circulation). Off by default: over a plateau of a few minutes the slope is noisy.
+    calibration_drift_correction: bool = False
     # Local linear trend: random walk of the rate (%/s)^2 per s, of the level %^2 per s.
     q_rate: float = 1e-7
     q_level: float = 1e-5
     # The fast filter, and the disagreement (in standard errors) at which the slow one follows it.
-    fast_q_rate: float = 1e-5
-    switch_z: float = 4.0
+    fast_q_level: float = 0.01
+    switch_z: float = 3.0
+    step_rate_var: float = (0.1 / 60) ** 2  # (%/s)^2 added to the rate variance at a step
 
 
 @dataclass
@@ -100,13 +120,21 @@ class _Reference:
     zero: float  # C_0 - B, decay-corrected
     zero_var: float
     k: float
+    shine: float  # S = C_0 - C_cal, the circuit's shine-through (0 when not corrected)
+    drift: float  # slope of the calibration plateau, cps/s (0 when not corrected)
+    drift_var: float
+    t_zero: float  # middle of the zero window: where the drift is extrapolated from
+
+    def zero_at(self, t: float) -> float:
+        """The no-leak level at ``t``: ``C_0`` plus the plateau's drift since the zero window."""
+        return self.zero + self.drift * (t - self.t_zero)
 
 
 @dataclass
 class _Filter:
     level: float = 0.0
     rate: float = 0.0
-    p: np.ndarray = field(default_factory=lambda: np.diag([1e-4, (0.1 / 60) ** 2]))
+    p: np.ndarray = field(default_factory=lambda: np.diag([1e-4, (INITIAL_RATE_SD / 60) ** 2]))
     t: float = 0.0
 
 
@@ -212,7 +240,7 @@ class LeakageEstimator:
             if self._ref is None:
                 return Leakage(t=t, state="calibrated")
             self._filter = _Filter(t=t_perf + self.params.zero_end_s)
-            self._fast = _Filter(t=t_perf + self.params.zero_end_s)
+            self._fast = _Filter(t=t_perf + self.params.zero_end_s, p=np.diag([1e-4, 0.0]))
         assert self._filter is not None
         return self._filter_step(i, t_cal, self._ref, self._filter)
 
@@ -248,11 +276,8 @@ class LeakageEstimator:
         mid, rise, var, _ = self._corrected_rise(lo, i + 1, t_cal, background)
         if mid.size < 10:
             return None
-        w = 1.0 / var
-        x = mid - np.average(mid, weights=w)
-        level = float(np.average(rise, weights=w))
-        slope = float(np.sum(w * x * rise) / np.sum(w * x * x))
-        slope_se = math.sqrt(1.0 / float(np.sum(w * x * x)))
+        level, slope, slope_var = _line_fit(mid, rise, var)
+        slope_se = math.sqrt(slope_var)
         if level <= 0:
             return None
         change = abs(slope) * p.plateau_window_s / level
@@ -283,7 +308,27 @@ class LeakageEstimator:
         if cal is None or zero is None or cal[0] <= 0:
             return None
         k = activity_ratio(a_perf, a_cal, self._lam, t_perf, t_cal)
-        return _Reference(background, background_var, cal[0], cal[1] + background_var, zero[0], zero[1], k)
+        shine = zero[0] - cal[0] if p.shine_through_correction else 0.0
+        drift = drift_var = 0.0
+        if p.calibration_drift_correction:
+            lo = bisect.bisect_right(self._t, self._plateau_start)
+            hi = bisect.bisect_left(self._t, t_perf)
+            mid, rise, var, _ = self._corrected_rise(lo, hi, t_cal, background)
+            if mid.size >= 10:
+                _, drift, drift_var = _line_fit(mid, rise, var)
+        return _Reference(
+            background,
+            background_var,
+            cal[0],
+            cal[1] + background_var,
+            zero[0],
+            zero[1],
+            k,
+            shine,
+            drift,
+            drift_var,
+            t_perf + (p.zero_start_s + p.zero_end_s) / 2,
+        )
 
     # -- monitoring ------------------------------------------------------------------------
 
@@ -291,32 +336,35 @@ class LeakageEstimator:
         assert self._lam is not None and self._fast is not None
         p = self.params
         t, n, dt = self._t[i], self._n[i], self._dt[i]
-        scale = 100.0 / (ref.k * ref.rise)  # % per cps of corrected rise
+        scale = 100.0 / (ref.k * ref.rise - ref.shine)  # % per cps of corrected rise
 
         # The reading from this interval, its variance from the expected counts.
         mid = t - dt / 2
         corr = math.exp(self._lam * (mid - t_cal))
         b = ref.background
         y = leakage_percent(
-            decay_corrected_rate(n / dt, b, self._lam, mid, t_cal), b + ref.zero, b + ref.rise, b, ref.k
+            decay_corrected_rate(n / dt, b, self._lam, mid, t_cal), b + ref.zero_at(mid), b + ref.rise, b, ref.k
         )
-        expected_rate = ref.background + (ref.zero + (f.level + f.rate * (t - f.t)) / scale) / corr
+        y = shine_through_corrected_percent(y, ref.k, ref.rise, ref.shine)
+        expected_rate = ref.background + (ref.zero_at(mid) + (f.level + f.rate * (t - f.t)) / scale) / corr
         r_var = max(expected_rate, 1.0 / dt) / dt * (corr * scale) ** 2
 
         _kalman(f, t, y, r_var, p.q_rate, p.q_level)
-        _kalman(self._fast, t, y, r_var, p.fast_q_rate, p.q_level)
+        _kalman(self._fast, t, y, r_var, 0.0, p.fast_q_level)
 
-        # A fast filter runs alongside; when the two disagree beyond chance the
-        # slow one takes over the fast one's state, so it follows a step at once
-        # instead of creeping after it.
+        # A fast local-level filter runs alongside; when the two disagree beyond
+        # chance, the level has stepped: the slow filter takes the fast one's
+        # level (not a rate: a step is a change of level) and lets its own rate adapt.
         step = False
         fast = self._fast
         gap = fast.level - f.level
         if abs(gap) > p.switch_z * math.sqrt(fast.p[0, 0] + f.p[0, 0]):
             step = gap > 0
-            f.level, f.rate, f.p = fast.level, fast.rate, fast.p.copy()
+            f.level = fast.level
+            f.p = np.array([[fast.p[0, 0], 0.0], [0.0, f.p[1, 1] + p.step_rate_var]])
 
-        var = f.p[0, 0] + ref.zero_var * scale**2 + (f.level**2) * ref.rise_var / ref.rise**2
+        zero_var = ref.zero_var + ref.drift_var * (t - ref.t_zero) ** 2
+        var = f.p[0, 0] + zero_var * scale**2 + (f.level**2) * ref.rise_var / ref.rise**2
         half = Z95 * math.sqrt(var)
         return Leakage(
             t=t,
@@ -344,3 +392,11 @@ def _kalman(f: _Filter, t: float, y: float, r_var: float, q_rate: float, q_level
     f.level += float(gain[0]) * innovation
     f.rate += float(gain[1]) * innovation
     f.p = f.p - np.outer(gain, f.p[0, :])
+
+
+def _line_fit(x: np.ndarray, y: np.ndarray, var: np.ndarray) -> tuple[float, float, float]:
+    """Weighted least-squares line: the mean level, the slope and the slope's variance."""
+    w = 1.0 / var
+    xc = x - np.average(x, weights=w)
+    sxx = float(np.sum(w * xc * xc))
+    return float(np.average(y, weights=w)), float(np.sum(w * xc * y)) / sxx, 1.0 / sxx
