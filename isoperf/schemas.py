@@ -55,6 +55,7 @@ EventType = Literal[
     "note",
 ]
 LeakageState = Literal["background", "calibrating", "calibrated", "monitoring", "washout", "ended"]
+ProbeFault = Literal["no counts", "constant counts"]
 Severity = Literal["advisory", "warning", "critical", "stop"]
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -178,6 +179,7 @@ class Leakage(_Model):
     # Extensions of contract v1 (optional fields):
     rate_se_pct_min: float | None = None
     step: bool | None = None
+    probe_fault: ProbeFault | None = None
 
 
 class Alert(_Model):

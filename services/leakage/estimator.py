@@ -42,9 +42,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from isoperf.isotopes import decay_constant_per_s
-from isoperf.schemas import Leakage, LeakageState
+from isoperf.schemas import Leakage, LeakageState, ProbeFault
 
 Z95 = 1.959963984540054
+MIN_COUNTS_FOR_FAULT = 20.0  # zero counts where at least this many were expected: no counts
+STUCK_RUN = 5  # this many identical counts of 50 or more in a row: constant counts
 INITIAL_RATE_SD = 0.1  # %/min: prior on the leak rate when monitoring starts
 DUPLICATE_S = 0.0005  # samples closer than this are the same sample (storage keeps ms)
 
@@ -151,6 +153,8 @@ class LeakageEstimator:
         self._t: list[float] = []
         self._n: list[float] = []
         self._dt: list[float] = []
+        self._ok: list[bool] = []  # False: a probe fault, kept out of every estimate
+        self._stuck_times: set[float] = set()
         self.duplicates = 0
         self._emitted_until = -math.inf
         self._reset()
@@ -181,6 +185,7 @@ class LeakageEstimator:
         self._t.insert(i, t)
         self._n.insert(i, counts)
         self._dt.insert(i, dt)
+        self._ok.insert(i, True)
         if i < self._done:
             self._reset()  # late sample: recompute from the start, emit only new times
         return True
@@ -199,13 +204,41 @@ class LeakageEstimator:
         out: list[Leakage] = []
         while self._done < len(self._t):
             i = self._done
+            fault = self._probe_fault(i)
+            if fault == "constant counts" and self._t[i] not in self._stuck_times:
+                self._stuck_times.add(self._t[i])
+                if self._t[i - 1] not in self._stuck_times:
+                    # The run that proved the probe stuck was used before it was known:
+                    # take it back out and recompute (once per fault; points stay as emitted).
+                    self._stuck_times.update(self._t[i - STUCK_RUN + 1 : i])
+                    self._reset()
+                    continue
+            self._ok[i] = fault is None
             point = self._step(i)
+            if fault is not None:
+                point = Leakage(t=point.t, state=point.state, probe_fault=fault)
             self._done += 1
             t = self._t[i]
             if t >= self._emitted_until + self.params.output_interval_s - 1e-9:
                 out.append(point)
                 self._emitted_until = t
         return out
+
+    def _probe_fault(self, i: int) -> ProbeFault | None:
+        """A disconnected probe reads zero where tens of counts are expected; a saturated or
+        stuck one repeats one value, which Poisson counts of 50 or more practically never do
+        five times running (probability below 1e-6)."""
+        n = self._n[i]
+        if self._t[i] in self._stuck_times:
+            return "constant counts"
+        last_ok = next((j for j in range(i - 1, max(i - 3600, 0) - 1, -1) if self._ok[j]), None)
+        if n == 0 and last_ok is not None:
+            expected = self._n[last_ok] / self._dt[last_ok] * self._dt[i]
+            if expected >= MIN_COUNTS_FOR_FAULT:
+                return "no counts"
+        if n >= 50 and i >= STUCK_RUN - 1 and all(self._n[j] == n for j in range(i - STUCK_RUN + 1, i)):
+            return "constant counts"
+        return None
 
     def _event_t(self, kind: str) -> float | None:
         e = self.events.get(kind)
@@ -242,6 +275,8 @@ class LeakageEstimator:
             self._filter = _Filter(t=t_perf + self.params.zero_end_s)
             self._fast = _Filter(t=t_perf + self.params.zero_end_s, p=np.diag([1e-4, 0.0]))
         assert self._filter is not None
+        if not self._ok[i]:
+            return Leakage(t=t, state=self._phase_state(t))  # no reading: nothing to update
         return self._filter_step(i, t_cal, self._ref, self._filter)
 
     # -- calibration ---------------------------------------------------------------------
@@ -249,9 +284,10 @@ class LeakageEstimator:
     def _corrected_rise(self, lo: int, hi: int, t_cal: float, background: float) -> tuple[np.ndarray, ...]:
         """Times, decay-corrected rise above background (cps), its Poisson variance and weights for samples lo:hi."""
         assert self._lam is not None
-        t = np.asarray(self._t[lo:hi])
-        n = np.asarray(self._n[lo:hi])
-        dt = np.asarray(self._dt[lo:hi])
+        ok = np.asarray(self._ok[lo:hi], dtype=bool)
+        t = np.asarray(self._t[lo:hi])[ok]
+        n = np.asarray(self._n[lo:hi])[ok]
+        dt = np.asarray(self._dt[lo:hi])[ok]
         mid = t - dt / 2
         corr = np.exp(self._lam * (mid - t_cal))
         rise = (n / dt - background) * corr
@@ -260,8 +296,8 @@ class LeakageEstimator:
 
     def _background(self, t_cal: float) -> tuple[float, float]:
         j = bisect.bisect_right(self._t, t_cal)
-        n = sum(self._n[:j])
-        dt = sum(self._dt[:j])
+        n = sum(x for x, ok in zip(self._n[:j], self._ok[:j], strict=True) if ok)
+        dt = sum(x for x, ok in zip(self._dt[:j], self._ok[:j], strict=True) if ok)
         if dt <= 0:
             return 0.0, math.inf
         return n / dt, max(n, 1.0) / dt**2
@@ -288,9 +324,9 @@ class LeakageEstimator:
     def _mean_rise(self, t0: float, t1: float, t_cal: float, background: float) -> tuple[float, float] | None:
         lo = bisect.bisect_right(self._t, t0)
         hi = bisect.bisect_right(self._t, t1)
-        if hi - lo < 3:
-            return None
         _, rise, var, dt = self._corrected_rise(lo, hi, t_cal, background)
+        if rise.size < 3:
+            return None
         total = float(np.sum(dt))
         mean = float(np.sum(rise * dt)) / total
         return mean, float(np.sum(var * dt**2)) / total**2

@@ -128,7 +128,7 @@ def test_plateau_is_found_by_stability_not_a_fixed_wait() -> None:
         for i in range(1, 1200):
             t = T0 + i
             mix = 0.0 if t < T_CAL else (1 - math.exp(-(t - T_CAL) / mixing_s) if mixing_s else 1.0)
-            est.add_counts(t, B + RISE * mix, 1.0)
+            est.add_counts(t, B + RISE * mix + (i % 3 - 1), 1.0)  # real counts never repeat exactly
             for p in est.update():
                 if p.state == "calibrated":
                     return p.t - T_CAL
