@@ -41,6 +41,11 @@ def _stack(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["reanalyse"]:  # its own parser, options and all
+        from services.leakage.reanalysis import main as reanalyse
+
+        return reanalyse(argv[1:])
     parser = argparse.ArgumentParser(prog="isoperf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SERVICES:
@@ -49,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--dir", default=".isoperf/stack", help="state directory (default: %(default)s)")
     st.add_argument("--mqtt-port", type=int, default=1883)
     st.add_argument("--influx-port", type=int, default=8086)
+    sub.add_parser("reanalyse", help="recompute leakage for a stored session as a separate series (see --help)")
     demo = sub.add_parser("demo", help="run a whole simulated IHHP session through the real stack")
     demo.add_argument("--dir", default=".isoperf/demo", help="where the demo keeps its data (default: %(default)s)")
     demo.add_argument("--speed", type=float, default=60.0, help="simulation speed factor (default: %(default)s)")

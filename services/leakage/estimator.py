@@ -173,7 +173,7 @@ class LeakageEstimator:
             return False
         self.events[kind] = (t, activity_mbq)
         if self._done and t <= self._t[self._done - 1]:
-            self._reset()  # a late event changes phases already processed
+            self._recompute_from(t)  # a late event changes phases already processed
         return True
 
     def add_counts(self, t: float, counts: float, dt: float) -> bool:
@@ -187,7 +187,7 @@ class LeakageEstimator:
         self._dt.insert(i, dt)
         self._ok.insert(i, True)
         if i < self._done:
-            self._reset()  # late sample: recompute from the start, emit only new times
+            self._recompute_from(t)  # a late sample
         return True
 
     # -- processing --------------------------------------------------------------------
@@ -198,6 +198,14 @@ class LeakageEstimator:
         self._ref: _Reference | None = None
         self._filter: _Filter | None = None
         self._fast: _Filter | None = None
+
+    def _recompute_from(self, t: float) -> None:
+        """Recompute everything, and emit again the points from ``t`` on: they were wrong.
+
+        (Storage overwrites a point with the same time, so the record ends up right.)
+        """
+        self._reset()
+        self._emitted_until = min(self._emitted_until, t - self.params.output_interval_s)
 
     def update(self) -> list[Leakage]:
         """Process every sample not processed yet; return the points at times not emitted before."""

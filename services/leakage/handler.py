@@ -20,6 +20,7 @@ from isoperf.queries import session_where
 from isoperf.schemas import Event, Leakage, SessionMeta, check_signal_range, parse_reading_payload, readings_of
 from isoperf.topics import Topics
 from services.leakage.estimator import EstimatorParams, LeakageEstimator
+from services.leakage.history import load_session
 
 log = logging.getLogger(__name__)
 
@@ -114,29 +115,17 @@ class LeakageHandler:
         """Replay the stored session; keep only points after the last stored leakage point."""
         assert self.influx is not None
         theatre, session = key
-        where = session_where(theatre, session)
-        est = sess.estimator
-        if key not in self.isotopes:
-            meta = await self.influx.rows(f"SELECT last(isotope) AS isotope FROM session WHERE {where}")
-            if meta and meta[0].get("isotope"):
-                est.set_isotope(str(meta[0]["isotope"]))
-        for row in await self.influx.rows(f"SELECT type, activity_mbq FROM event WHERE {where} ORDER BY time"):
-            est.add_event(str(row["type"]), row["time"] / 1000.0, row.get("activity_mbq"))
-        counts = await self.influx.rows(
-            f"SELECT value, dt FROM reading WHERE {where} AND signal='counts' ORDER BY time"
-        )
-        for row in counts:
-            est.add_counts(row["time"] / 1000.0, float(row["value"]), float(row["dt"] or 1.0))
-        last = await self.influx.rows(f"SELECT last(state) FROM leakage WHERE {where}")
+        n = await load_session(self.influx, theatre, session, sess.estimator, isotope_known=key in self.isotopes)
+        last = await self.influx.rows(f"SELECT last(state) FROM leakage WHERE {session_where(theatre, session)}")
         last_t = last[0]["time"] / 1000.0 if last else None
-        for point in est.update():
+        for point in sess.estimator.update():
             if last_t is None or point.t > last_t + 0.0005:
                 self._emit(key, sess, point)
-        if counts:
+        if n:
             log.info(
                 "rebuilt %s/%s from %d stored counts; %d points were missing from storage",
                 theatre,
                 session,
-                len(counts),
+                n,
                 len(sess.outbox),
             )

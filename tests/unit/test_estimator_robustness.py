@@ -61,7 +61,11 @@ def test_counting_intervals_that_vary_from_sample_to_sample() -> None:
     counts: list[tuple[float, float, float]] = []
     for i in range(0, len(raw) - 1, 3):
         counts.append((raw[i][0], raw[i][1], 1.0))
-        counts.append((raw[i + 2][0], raw[i + 1][1] + raw[i + 2][1], 2.0) if i + 2 < len(raw) else (raw[i + 1][0], raw[i + 1][1], 1.0))
+        counts.append(
+            (raw[i + 2][0], raw[i + 1][1] + raw[i + 2][1], 2.0)
+            if i + 2 < len(raw)
+            else (raw[i + 1][0], raw[i + 1][1], 1.0)
+        )
     pts = run(s, counts)
     assert np.percentile(np.abs(errors(s, pts, cfg.start_t, cfg.start_t + cfg.drug_stop_at_s)), 95) < 0.35
 
@@ -71,7 +75,9 @@ def _with_fault(s: SimulatedSession, t0: float, t1: float, value: float | None) 
     return [(t, (value if t0 <= t < t1 else v) if value is not None else v, 1.0) for t, v in s.readings["counts"]]
 
 
-@pytest.mark.parametrize(("value", "fault"), [(0.0, "no counts"), (65535.0, "constant counts"), (350.0, "constant counts")])
+@pytest.mark.parametrize(
+    ("value", "fault"), [(0.0, "no counts"), (65535.0, "constant counts"), (350.0, "constant counts")]
+)
 def test_a_faulty_probe_is_flagged_and_gives_no_number(value: float, fault: str) -> None:
     cfg = SimConfig(leak=STEADY)
     s = simulate(cfg, 4)
@@ -100,3 +106,23 @@ def test_zero_counts_at_background_level_are_not_a_fault() -> None:
     s = simulate(cfg, 6)
     pts = run(s)
     assert not any(p.probe_fault for p in pts if p.t < cfg.start_t + cfg.calibration_at_s)
+
+
+def test_a_late_event_re_emits_the_points_it_changes() -> None:
+    cfg = SimConfig(leak=STEADY)
+    s = simulate(cfg, 7)
+    late = next(e for e in s.events if e.type == "washout_end")
+    est = LeakageEstimator()
+    est.set_isotope(cfg.isotope)
+    for e in s.events:
+        if e is not late:
+            est.add_event(e.type, e.t, e.activity_mbq)
+    for t, v in s.readings["counts"]:
+        if t <= late.t + 30:
+            est.add_counts(t, v, 1.0)
+    first = {p.t: p.state for p in est.update()}
+    assert first[late.t + 10] == "washout"  # not known yet
+    est.add_event(late.type, late.t)  # arrives 30 s late
+    again = {p.t: p.state for p in est.update()}
+    assert again[late.t + 10] == "monitoring" and again[late.t - 1] == "washout"
+    assert min(again) >= late.t - cfg.counts_dt_s - 1  # only what changed is sent again
