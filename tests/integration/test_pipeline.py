@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 import os
+import random
 import subprocess
 import sys
 import time
@@ -132,8 +132,14 @@ def test_sigkill_of_leakage_mid_session_loses_nothing(stack, services, ids) -> N
     assert max(jumps) < 0.3, "no jump where the service was killed"
     # No seam: the series matches an uninterrupted run over the same stored readings.
     env = {**os.environ, **stack.env()}
-    done = subprocess.run([sys.executable, "-m", "isoperf.cli", "reanalyse", theatre, session, "--name", "check"],
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "isoperf.cli", "reanalyse", theatre, session, "--name", "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     ref = {r["time"]: r["percent"] for r in rows(stack, f"SELECT percent FROM leakage_reanalysis WHERE {w}")}
     live = {r["time"]: r["percent"] for r in leak if r["percent"] is not None}
