@@ -4,13 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from isoperf.queries import count, leakage_caught_up, session_where
+from isoperf.queries import count, session_where
 from isoperf.stack import LocalStack
 
 where = session_where
-caught_up = leakage_caught_up
-__all__ = ["caught_up", "count", "rows", "where"]
+__all__ = ["count", "rows", "settled", "where"]
 
 
 def rows(stack: LocalStack, q: str) -> list[dict[str, Any]]:
     return stack.rows(q)
+
+
+SESSION_COUNTS = 3960  # counting intervals in the default simulated session (66 min at 1 s)
+
+
+def settled(stack: LocalStack, theatre: str, session: str, n_counts: int = SESSION_COUNTS) -> bool:
+    """Every count of the session is stored and has its leakage point (one per counting interval)."""
+    w = where(theatre, session)
+    return (
+        count(stack, f"SELECT count(value) FROM reading WHERE {w} AND signal='counts'") == n_counts
+        and count(stack, f"SELECT count(state) FROM leakage WHERE {w}") == n_counts
+    )

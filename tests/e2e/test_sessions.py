@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.helpers import caught_up, rows, where
+from tests.helpers import rows, settled, where
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def test_stored_leakage_tracks_truth(stack, services, ids, tmp_path: Path, leak:
         ISOPERF_SIM_TRUTH_FILE=str(truth_file),
     )
     assert acq.wait(timeout=120) == 0, acq.output()
-    wait_for(lambda: caught_up(stack, theatre, session), timeout=60)
+    wait_for(lambda: settled(stack, theatre, session), timeout=60)
 
     w = where(theatre, session)
     events = {r["type"]: r["time"] for r in rows(stack, f"SELECT label, type FROM event WHERE {w}")}

@@ -16,7 +16,7 @@ import pytest
 
 from isoperf.stack import LocalStack, find_binary
 from tests.conftest import wait_for
-from tests.helpers import caught_up, count, rows, where
+from tests.helpers import count, rows, settled, where
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def test_hand_published_json_reading_is_stored_and_moves_leakage(stack, services
     acq = run_session(services, theatre, session, ISOPERF_SIM_START_T="1767225600", ISOPERF_SIM_RELEASE_PCT="0")
     assert acq.wait(timeout=60) == 0, acq.output()
     w = where(theatre, session)
-    wait_for(lambda: caught_up(stack, theatre, session))
+    wait_for(lambda: settled(stack, theatre, session))
     before = rows(stack, f"SELECT last(percent) FROM leakage WHERE {w}")[0]
     t_last = before["time"] / 1000.0
     # A perfusionist types a reading in by hand: 5000 counts, far above the ~340 cps level.
@@ -121,7 +121,7 @@ def test_sigkill_of_leakage_mid_session_loses_nothing(stack, services, ids) -> N
     wait_for(lambda: count(stack, f"SELECT count(value) FROM reading WHERE {w} AND time > {killed_at}ms") > 300)
     services("leakage", ISOPERF_INSTANCE=leakage.env["ISOPERF_INSTANCE"])
     assert acq.wait(timeout=120) == 0, acq.output()
-    wait_for(lambda: caught_up(stack, theatre, session), timeout=60)
+    wait_for(lambda: settled(stack, theatre, session), timeout=60)
 
     assert count(stack, f"SELECT count(value) FROM reading WHERE {w}") == N_READINGS
     counts_t = [r["time"] for r in rows(stack, f"SELECT value FROM reading WHERE {w} AND signal='counts'")]
@@ -159,7 +159,7 @@ def test_broker_restart_mid_session_services_reconnect_and_lose_nothing(stack, s
     stored_while_down = count(stack, f"SELECT count(value) FROM reading WHERE {w}")
     stack.restart_broker()
     assert acq.wait(timeout=120) == 0, acq.output()
-    wait_for(lambda: caught_up(stack, theatre, session), timeout=90)
+    wait_for(lambda: settled(stack, theatre, session), timeout=90)
     assert stored_while_down < N_READINGS
     assert count(stack, f"SELECT count(value) FROM reading WHERE {w}") == N_READINGS
     n_counts = count(stack, f"SELECT count(value) FROM reading WHERE {w} AND signal='counts'")

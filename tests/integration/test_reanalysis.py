@@ -10,7 +10,7 @@ import pytest
 from services.leakage.estimator import EstimatorParams
 from services.leakage.reanalysis import parse_overrides
 from tests.conftest import wait_for
-from tests.helpers import caught_up, rows, where
+from tests.helpers import rows, settled, where
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def test_reanalysis_reproduces_the_live_series_and_keeps_it_apart(stack, service
         ISOPERF_SIM_SEED="5",
     )
     assert acq.wait(timeout=60) == 0
-    wait_for(lambda: caught_up(stack, theatre, session), timeout=60)
+    wait_for(lambda: settled(stack, theatre, session), timeout=60)
     w = where(theatre, session)
     live = {r["time"]: r for r in rows(stack, f"SELECT percent, ci_low, state FROM leakage WHERE {w}")}
 
