@@ -20,14 +20,24 @@ Method (shared/domain.md, after the IHHP and Lausanne series)::
   calibration time, the reference of ``C*``: ``k = A_perf/A_cal * exp(lambda *
   (t_perf - t_cal))``.
 
+* Shine-through: as tracer leaks, it leaves the circuit, whose shine-through
+  ``S = C_0 - C_cal`` shrinks with it; ``L`` is corrected for that.
+* Optionally, the slow drift of the calibration plateau is fitted and
+  extrapolated.
+
 Counts are Poisson. Each count interval gives a reading ``y`` of leakage with
 variance from the expected counts; a local-linear-trend Kalman filter (level in
-%, rate in %/s) smooths them. A fast filter runs alongside; when the two
-disagree by more than ``switch_z`` standard errors, the slow filter takes over
-the fast one's state (a step: the estimate follows it at once instead of
-creeping after it, and a rise is flagged). The 95 % interval adds, in
-quadrature, the filter's variance, the uncertainty of ``C_0`` and the relative
-uncertainty of the calibration rise.
+%, rate in %/s) smooths them. A fast local-level filter runs alongside; when
+the two disagree by more than ``switch_z`` standard errors the level has
+stepped: the slow filter takes the fast one's level (not a rate) and the point
+is flagged, so the estimate follows a step at once instead of creeping after
+it. The 95 % interval adds, in quadrature, the filter's variance, the
+uncertainty of ``C_0`` and the relative uncertainty of the calibration rise.
+
+A disconnected probe (zeros) or a saturated or stuck one (one value repeated)
+is flagged and kept out of every estimate. Samples are ordered by their own
+time; a late sample or event recomputes the session and emits again the points
+it changed.
 
 Everything runs on event time, so the same samples and events give the same
 series, live, replayed, or after a restart.
@@ -37,57 +47,24 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from isoperf.isotopes import decay_constant_per_s
 from isoperf.schemas import Leakage, LeakageState, ProbeFault
+from services.leakage.filters import TrendFilter, kalman_step, line_fit
+from services.leakage.formula import (
+    activity_ratio,
+    decay_corrected_rate,
+    leakage_percent,
+    shine_through_corrected_percent,
+)
 
 Z95 = 1.959963984540054
 MIN_COUNTS_FOR_FAULT = 20.0  # zero counts where at least this many were expected: no counts
 STUCK_RUN = 5  # this many identical counts of 50 or more in a row: constant counts
-INITIAL_RATE_SD = 0.1  # %/min: prior on the leak rate when monitoring starts
 DUPLICATE_S = 0.0005  # samples closer than this are the same sample (storage keeps ms)
-
-
-def decay_corrected_rate(rate_cps: float, background_cps: float, lam_per_s: float, t: float, t_cal: float) -> float:
-    """``C* = B + (C - B) * exp(lambda * (t - t_cal))``: the count rate as if no decay since calibration."""
-    return background_cps + (rate_cps - background_cps) * math.exp(lam_per_s * (t - t_cal))
-
-
-def leakage_percent(
-    corrected_cps: float, zero_cps: float, calibration_cps: float, background_cps: float, k: float
-) -> float:
-    """``L = 100 * (C* - C_0) / (k * (C_cal - B))``, in % of the circuit tracer (shared/domain.md)."""
-    rise = calibration_cps - background_cps
-    if k <= 0 or rise <= 0:
-        raise ValueError(f"need k > 0 and a calibration rise > 0, got k={k}, rise={rise}")
-    return 100.0 * (corrected_cps - zero_cps) / (k * rise)
-
-
-def shine_through_corrected_percent(percent: float, k: float, rise_cps: float, shine_cps: float) -> float:
-    """Correct ``L`` for the circuit's shine-through ``S = C_0 - C_cal`` (cps, decay-corrected).
-
-    Tracer that leaks leaves the circuit, whose shine-through ``S`` the probe saw
-    at the zero point, and enters the body, seen at ``k * (C_cal - B)`` for all of
-    it: ``C* - C_0 = L/100 * (k * (C_cal - B) - S)``. So
-    ``L_corrected = L * k * (C_cal - B) / (k * (C_cal - B) - S)``.
-    """
-    seen = k * rise_cps - shine_cps
-    if seen <= 0:
-        raise ValueError(f"shine-through {shine_cps} cps is not below the circuit dose's {k * rise_cps} cps")
-    return percent * k * rise_cps / seen
-
-
-def activity_ratio(a_perf_mbq: float, a_cal_mbq: float, lam_per_s: float, t_perf: float, t_cal: float) -> float:
-    """``k = A_perf / A_cal``, the circuit dose decay-corrected back to the calibration time.
-
-    Each activity is as measured at its own injection; ``C*`` refers to ``t_cal``.
-    """
-    if a_perf_mbq <= 0 or a_cal_mbq <= 0:
-        raise ValueError("activities must be positive")
-    return a_perf_mbq / a_cal_mbq * math.exp(lam_per_s * (t_perf - t_cal))
 
 
 @dataclass(frozen=True)
@@ -130,14 +107,6 @@ class _Reference:
     def zero_at(self, t: float) -> float:
         """The no-leak level at ``t``: ``C_0`` plus the plateau's drift since the zero window."""
         return self.zero + self.drift * (t - self.t_zero)
-
-
-@dataclass
-class _Filter:
-    level: float = 0.0
-    rate: float = 0.0
-    p: np.ndarray = field(default_factory=lambda: np.diag([1e-4, (INITIAL_RATE_SD / 60) ** 2]))
-    t: float = 0.0
 
 
 _EVENT_KINDS = ("calibration_dose", "perfusion_dose", "washout_start", "washout_end", "isolation_end", "session_end")
@@ -196,8 +165,8 @@ class LeakageEstimator:
         self._done = 0
         self._plateau_start: float | None = None
         self._ref: _Reference | None = None
-        self._filter: _Filter | None = None
-        self._fast: _Filter | None = None
+        self._filter: TrendFilter | None = None
+        self._fast: TrendFilter | None = None
 
     def _recompute_from(self, t: float) -> None:
         """Recompute everything, and emit again the points from ``t`` on: they were wrong.
@@ -280,8 +249,8 @@ class LeakageEstimator:
             self._ref = self._reference(t_cal, t_perf)
             if self._ref is None:
                 return Leakage(t=t, state="calibrated")
-            self._filter = _Filter(t=t_perf + self.params.zero_end_s)
-            self._fast = _Filter(t=t_perf + self.params.zero_end_s, p=np.diag([1e-4, 0.0]))
+            self._filter = TrendFilter(t=t_perf + self.params.zero_end_s)
+            self._fast = TrendFilter(t=t_perf + self.params.zero_end_s, p=np.diag([1e-4, 0.0]))
         assert self._filter is not None
         if not self._ok[i]:
             return Leakage(t=t, state=self._phase_state(t))  # no reading: nothing to update
@@ -320,7 +289,7 @@ class LeakageEstimator:
         mid, rise, var, _ = self._corrected_rise(lo, i + 1, t_cal, background)
         if mid.size < 10:
             return None
-        level, slope, slope_var = _line_fit(mid, rise, var)
+        level, slope, slope_var = line_fit(mid, rise, var)
         slope_se = math.sqrt(slope_var)
         if level <= 0:
             return None
@@ -359,7 +328,7 @@ class LeakageEstimator:
             hi = bisect.bisect_left(self._t, t_perf)
             mid, rise, var, _ = self._corrected_rise(lo, hi, t_cal, background)
             if mid.size >= 10:
-                _, drift, drift_var = _line_fit(mid, rise, var)
+                _, drift, drift_var = line_fit(mid, rise, var)
         return _Reference(
             background,
             background_var,
@@ -376,7 +345,7 @@ class LeakageEstimator:
 
     # -- monitoring ------------------------------------------------------------------------
 
-    def _filter_step(self, i: int, t_cal: float, ref: _Reference, f: _Filter) -> Leakage:
+    def _filter_step(self, i: int, t_cal: float, ref: _Reference, f: TrendFilter) -> Leakage:
         assert self._lam is not None and self._fast is not None
         p = self.params
         t, n, dt = self._t[i], self._n[i], self._dt[i]
@@ -393,8 +362,8 @@ class LeakageEstimator:
         expected_rate = ref.background + (ref.zero_at(mid) + (f.level + f.rate * (t - f.t)) / scale) / corr
         r_var = max(expected_rate, 1.0 / dt) / dt * (corr * scale) ** 2
 
-        _kalman(f, t, y, r_var, p.q_rate, p.q_level)
-        _kalman(self._fast, t, y, r_var, 0.0, p.fast_q_level)
+        kalman_step(f, t, y, r_var, p.q_rate, p.q_level)
+        kalman_step(self._fast, t, y, r_var, 0.0, p.fast_q_level)
 
         # A fast local-level filter runs alongside; when the two disagree beyond
         # chance, the level has stepped: the slow filter takes the fast one's
@@ -420,27 +389,3 @@ class LeakageEstimator:
             rate_se_pct_min=math.sqrt(max(f.p[1, 1], 0.0)) * 60.0,
             step=step,
         )
-
-
-def _kalman(f: _Filter, t: float, y: float, r_var: float, q_rate: float, q_level: float) -> None:
-    """One predict-and-update step of a local-linear-trend filter with reading ``y`` of variance ``r_var``."""
-    h = max(t - f.t, 0.0)
-    f.level += f.rate * h
-    F = np.array([[1.0, h], [0.0, 1.0]])
-    Q = q_rate * np.array([[h**3 / 3, h**2 / 2], [h**2 / 2, h]]) + np.diag([q_level * h, 0.0])
-    f.p = F @ f.p @ F.T + Q
-    f.t = t
-    s = float(f.p[0, 0]) + r_var
-    innovation = y - f.level
-    gain = f.p[:, 0] / s
-    f.level += float(gain[0]) * innovation
-    f.rate += float(gain[1]) * innovation
-    f.p = f.p - np.outer(gain, f.p[0, :])
-
-
-def _line_fit(x: np.ndarray, y: np.ndarray, var: np.ndarray) -> tuple[float, float, float]:
-    """Weighted least-squares line: the mean level, the slope and the slope's variance."""
-    w = 1.0 / var
-    xc = x - np.average(x, weights=w)
-    sxx = float(np.sum(w * xc * xc))
-    return float(np.average(y, weights=w)), float(np.sum(w * xc * y)) / sxx, 1.0 / sxx

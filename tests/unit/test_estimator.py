@@ -9,12 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from isoperf.isotopes import HALF_LIFE_S, decay_constant_per_s
-from services.leakage.estimator import (
-    EstimatorParams,
-    LeakageEstimator,
+from services.leakage.estimator import EstimatorParams, LeakageEstimator
+from services.leakage.formula import (
     activity_ratio,
     decay_corrected_rate,
     leakage_percent,
+    shine_through_corrected_percent,
 )
 
 LAM_TC = math.log(2) / (6.0067 * 3600)
@@ -40,6 +40,18 @@ def test_activity_ratio_decays_circuit_dose_to_calibration_time() -> None:
     assert activity_ratio(200.0, 20.0, 0.0, 1000.0, 0.0) == 10.0
     t_half = HALF_LIFE_S["Tc-99m"]
     assert activity_ratio(200.0, 20.0, LAM_TC, t_half, 0.0) == pytest.approx(20.0, rel=1e-9)
+
+
+def test_shine_through_correction_hand_checked() -> None:
+    # k * rise = 3000 cps for all the circuit tracer in the body; the circuit shone 90 cps
+    # through at the zero point. A 1 % leak adds 30 - 0.9 = 29.1 cps, which the plain formula
+    # reads as 0.97 %; corrected, 1 %.
+    plain = leakage_percent(355.0 + 29.1, 355.0, 340.0, 40.0, 10.0)
+    assert plain == pytest.approx(0.97, rel=1e-12)
+    assert shine_through_corrected_percent(plain, 10.0, 300.0, 90.0) == pytest.approx(1.0, rel=1e-12)
+    assert shine_through_corrected_percent(plain, 10.0, 300.0, 0.0) == plain
+    with pytest.raises(ValueError):
+        shine_through_corrected_percent(1.0, 10.0, 300.0, 3000.0)
 
 
 @pytest.mark.parametrize(
