@@ -10,6 +10,8 @@ seam, because the estimator is deterministic in event time.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from isoperf.codec import decode, encode
@@ -25,10 +27,22 @@ from services.leakage.history import load_session
 log = logging.getLogger(__name__)
 
 
+# Sessions leave memory once ended and quiet, or after a long silence; a late
+# message for one rebuilds it from storage (as after a restart).
+EVICT_ENDED_AFTER_S = 600.0
+EVICT_SILENT_AFTER_S = 6 * 3600.0
+
+
 @dataclass
 class _Session:
     estimator: LeakageEstimator
+    last_seen: float
     outbox: list[Leakage] = field(default_factory=list)
+
+    def evictable(self, now: float) -> bool:
+        quiet = now - self.last_seen
+        ended = "session_end" in self.estimator.events
+        return not self.outbox and (quiet > EVICT_SILENT_AFTER_S or (ended and quiet > EVICT_ENDED_AFTER_S))
 
 
 class LeakageHandler:
@@ -40,6 +54,7 @@ class LeakageHandler:
         influx: InfluxClient | None,
         params: EstimatorParams,
         max_payload_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.topics = topics
         self.publisher = publisher
@@ -47,6 +62,7 @@ class LeakageHandler:
         self.influx = influx
         self.params = params
         self.max_payload_bytes = max_payload_bytes
+        self.clock = clock
         self.sessions: dict[tuple[str, str], _Session] = {}
         self.isotopes: dict[tuple[str, str], str] = {}
 
@@ -83,6 +99,7 @@ class LeakageHandler:
         self._collect(key, sess)
 
     def _collect(self, key: tuple[str, str], sess: _Session) -> None:
+        sess.last_seen = self.clock()
         for point in sess.estimator.update():
             self._emit(key, sess, point)
 
@@ -99,11 +116,15 @@ class LeakageHandler:
                 await self.publisher.publish(topic, encode(sess.outbox[0]))
                 sess.outbox.pop(0)
         await self.writer.flush()
+        now = self.clock()
+        for key in [k for k, sess in self.sessions.items() if sess.evictable(now)]:
+            log.info("session %s/%s released from memory", *key)
+            del self.sessions[key]
 
     async def _session(self, key: tuple[str, str]) -> _Session:
         sess = self.sessions.get(key)
         if sess is None:
-            sess = _Session(LeakageEstimator(self.params))
+            sess = _Session(LeakageEstimator(self.params), self.clock())
             self.sessions[key] = sess
             if key in self.isotopes:
                 sess.estimator.set_isotope(self.isotopes[key])

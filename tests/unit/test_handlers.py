@@ -101,3 +101,25 @@ async def test_leakage_handler_refuses_what_it_does_not_take() -> None:
     with pytest.raises(ValueError, match="outside"):
         await h.handle(TOPICS.raw("or-1", "s-1", "counts"), encode(Reading(t=T, v=-5.0)))
     assert not h.sessions
+
+
+async def test_ended_quiet_sessions_leave_memory() -> None:
+    import services.leakage.handler as handler_module
+
+    now = [1000.0]
+    h = LeakageHandler(
+        TOPICS,
+        FakePublisher(),
+        FakeWriter(),
+        None,
+        EstimatorParams(),
+        1_048_576,  # type: ignore[arg-type]
+        clock=lambda: now[0],
+    )
+    await h.handle(TOPICS.session("or-1", "s-1", "event"), encode(Event(t=T, type="session_start")))
+    await h.handle(TOPICS.session("or-1", "s-2", "event"), encode(Event(t=T, type="session_end")))
+    await h.flush()
+    assert set(h.sessions) == {("or-1", "s-1"), ("or-1", "s-2")}
+    now[0] += handler_module.EVICT_ENDED_AFTER_S + 1
+    await h.flush()
+    assert set(h.sessions) == {("or-1", "s-1")}, "only the ended session is released"
