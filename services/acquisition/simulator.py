@@ -174,7 +174,9 @@ def true_count_rate(cfg: SimConfig, t_abs: np.ndarray) -> tuple[np.ndarray, np.n
     drift = 1.0 - cfg.calibration_drift_pct_h / 100.0 * np.clip(t - t_cal, 0.0, None) / 3600.0
     cal = s * a_cal * _decay(t, t_cal, lam) * m_cal * drift
 
-    leak_pct = np.where(t >= t_perf, cfg.leak.percent(t - t_perf), 0.0)
+    # Circuit tracer leaks only while the circuit holds it: the leak stops at the washout.
+    leaking_until = np.minimum(t, cfg.drug_stop_at_s)
+    leak_pct = np.where(t >= t_perf, cfg.leak.percent(leaking_until - t_perf), 0.0)
     if cfg.leak.release_pct > 0:
         leak_pct = leak_pct + cfg.leak.release_pct * _ramp(t, cfg.isolation_end_at_s, cfg.leak.release_tau_s)
     leak_pct = np.minimum(leak_pct, 100.0)

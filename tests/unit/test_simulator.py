@@ -65,3 +65,11 @@ def test_release_after_clamps_off_and_reservoir_falls_with_leak() -> None:
     early = res[(rel > 1100) & (rel < 1200), 1].mean()
     late = res[(rel > 2500) & (rel < 2600), 1].mean()
     assert early - late > 10  # ~7 % of a 220 mL circuit lost to the body
+
+
+def test_the_leak_stops_when_the_circuit_is_washed_out() -> None:
+    cfg = SimConfig(leak=LeakScenario(kind="steady", release_pct=0.0))
+    truth = dict(simulate(cfg, 0).truth)
+    at_washout = truth[round(cfg.start_t + cfg.drug_stop_at_s, 3)]
+    assert at_washout == pytest.approx(0.3 * (cfg.drug_stop_at_s - cfg.perfusion_dose_at_s - 180) / 60)
+    assert truth[round(cfg.start_t + cfg.duration_s, 3)] == pytest.approx(at_washout)
