@@ -18,6 +18,7 @@ class LeakageSettings(ServiceSettings):
     leakage_zero_end_s: float = Field(default=_D.zero_end_s, gt=0)
     leakage_output_interval_s: float = Field(default=_D.output_interval_s, ge=0)
     leakage_switch_z: float = Field(default=_D.switch_z, gt=0)
+    leakage_q_rate: float = Field(default=_D.q_rate, gt=0)
     leakage_shine_through_correction: bool = _D.shine_through_correction
     leakage_calibration_drift_correction: bool = _D.calibration_drift_correction
 
@@ -30,6 +31,7 @@ class LeakageSettings(ServiceSettings):
             zero_end_s=self.leakage_zero_end_s,
             output_interval_s=self.leakage_output_interval_s,
             switch_z=self.leakage_switch_z,
+            q_rate=self.leakage_q_rate,
             shine_through_correction=self.leakage_shine_through_correction,
             calibration_drift_correction=self.leakage_calibration_drift_correction,
         )
