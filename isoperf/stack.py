@@ -233,6 +233,16 @@ bind-address = "{self.host}:{free_port()}"
         self._spawn("mosquitto", [find_binary("mosquitto"), "-c", str(self._mosquitto_conf())])
         self._wait(lambda: self._tcp_open(self.mqtt_port), "mosquitto", time.monotonic() + timeout_s)
 
+    def stop_influx(self) -> None:
+        """Stop InfluxDB (for failure tests); ``restart_influx`` brings it back with its data."""
+        proc = self._procs["influxd"]
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    def restart_influx(self, timeout_s: float = 60.0) -> None:
+        self._spawn("influxd", [find_binary("influxd"), "-config", str(self._influx_conf())])
+        self._wait(self._influx_ready, "influxd", time.monotonic() + timeout_s)
+
     def __enter__(self) -> Self:
         return self.start()
 

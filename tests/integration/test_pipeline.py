@@ -198,3 +198,20 @@ def test_sigterm_drains_and_leaves_a_retained_offline_status(stack, services, id
     services("recorder", ISOPERF_INSTANCE=recorder.env["ISOPERF_INSTANCE"])
     w = where(theatre, session)
     wait_for(lambda: count(stack, f"SELECT count(value) FROM reading WHERE {w}") == N_READINGS, timeout=60)
+
+
+def test_influxdb_outage_mid_session_loses_nothing(stack, services, ids) -> None:  # type: ignore[no-untyped-def]
+    theatre, session = ids
+    recorder = services("recorder")
+    leakage = services("leakage")
+    acq = run_session(services, theatre, session, ISOPERF_SIM_SPEED="200")
+    w = where(theatre, session)
+    wait_for(lambda: count(stack, f"SELECT count(value) FROM reading WHERE {w}") > 2000, timeout=60)
+    stack.stop_influx()
+    time.sleep(3.0)  # readings keep coming; nothing can be stored, so nothing is acknowledged
+    stack.restart_influx()
+    assert acq.wait(timeout=120) == 0, acq.output()
+    wait_for(lambda: settled(stack, theatre, session), timeout=120)
+    assert count(stack, f"SELECT count(value) FROM reading WHERE {w}") == N_READINGS
+    assert "InfluxDB write failed" in recorder.output()
+    assert recorder.alive() and leakage.alive()
