@@ -56,6 +56,7 @@ EventType = Literal[
 ]
 LeakageState = Literal["background", "calibrating", "calibrated", "monitoring", "washout", "ended"]
 ProbeFault = Literal["no counts", "constant counts"]
+AlertKind = Literal["new", "escalated", "eased", "repeat", "resolved"]
 Severity = Literal["advisory", "warning", "critical", "stop"]
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -191,6 +192,8 @@ class Alert(_Model):
     value: Number
     threshold: Number
     message: str = Field(max_length=2_000)
+    # Extension: why this message was sent.
+    kind: AlertKind | None = None
 
 
 class AlertAck(_Model):
