@@ -12,6 +12,7 @@ SERVICES = {
     "acquisition": "services.acquisition.__main__",
     "recorder": "services.recorder.__main__",
     "leakage": "services.leakage.__main__",
+    "alerts": "services.alerts.__main__",
 }
 
 

@@ -24,7 +24,7 @@ from isoperf.queries import count, leakage_caught_up, session_where
 from isoperf.stack import LocalStack, StackError
 from isoperf.topics import Topics
 
-CONSUMERS = ("recorder", "leakage")
+CONSUMERS = ("recorder", "leakage", "alerts")
 
 
 def _spawn(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
@@ -60,6 +60,7 @@ async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Ev
     async with aiomqtt.Client(stack.host, stack.mqtt_port, identifier=f"isoperf-demo-watch-{os.getpid()}") as client:
         await client.subscribe(topics.session(theatre, session, "event"), qos=1)
         await client.subscribe(topics.session(theatre, session, "leakage"), qos=1)
+        await client.subscribe(topics.session(theatre, session, "alert"), qos=1)
         messages = aiter(client.messages)
         while not done.is_set():
             try:
@@ -69,7 +70,13 @@ async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Ev
             data = decode(message.payload if isinstance(message.payload, bytes) else b"")
             t = float(data["t"])
             t0 = t if t0 is None else t0
-            if message.topic.value.endswith("/event"):
+            if message.topic.value.endswith("/alert"):
+                if data["status"] == "resolved":
+                    what = "RESOLVED"
+                else:
+                    what = f"ALERT {str(data['severity']).upper()} ({data.get('kind', 'firing')})"
+                print(f"  {_clock(t, t0)}  {what}: {data['message']}", flush=True)
+            elif message.topic.value.endswith("/event"):
                 label = str(data["type"]).replace("_", " ")
                 extra = {k: v for k, v in data.items() if k not in ("t", "type")}
                 print(f"  {_clock(t, t0)}  EVENT {label} {extra if extra else ''}", flush=True)
@@ -84,6 +91,7 @@ def _summary(stack: LocalStack, theatre: str, session: str, wall_s: float) -> No
     isolation_end = events.get("isolation_end", 2**62)
     during = stack.rows(f"SELECT max(percent), ci_low, ci_high FROM leakage WHERE {w} AND time < {isolation_end}ms")
     overall = stack.rows(f"SELECT max(percent), ci_low, ci_high FROM leakage WHERE {w}")
+    alarms = stack.rows(f"SELECT severity, message FROM alert WHERE {w} AND kind='new'")
     print("\nSummary")
     print(f"  session              {theatre}/{session}")
     if "session_start" in events and "session_end" in events:
@@ -93,6 +101,7 @@ def _summary(stack: LocalStack, theatre: str, session: str, wall_s: float) -> No
     for label, r in (("peak leakage, isolation", during), ("peak leakage, session  ", overall)):
         if r and r[0]["max"] is not None:
             print(f"  {label}   {r[0]['max']:.2f} % (95% CI {r[0]['ci_low']:.2f} to {r[0]['ci_high']:.2f})")
+    print(f"  alarms raised        {len(alarms)}" + "".join(f"\n    {a['severity']}: {a['message']}" for a in alarms))
     print(f"  data                 InfluxDB database '{stack.database}' in {stack.directory / 'influxdb'}")
     print(f"  logs                 {stack.directory / 'logs'}")
     print("\nTo look at it again:")
@@ -135,7 +144,13 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"Mosquitto on 127.0.0.1:{stack.mqtt_port}, InfluxDB on {stack.influx_url}, data in {directory}")
-    env = {**os.environ, **stack.env(), "ISOPERF_INSTANCE": "demo", "ISOPERF_LOG_LEVEL": "INFO"}
+    env = {
+        **os.environ,
+        **stack.env(),
+        "ISOPERF_INSTANCE": "demo",
+        "ISOPERF_LOG_LEVEL": "INFO",
+        "ISOPERF_ALERTS_STATE_FILE": str(directory / "alerts-state.json"),
+    }
     procs = {name: _spawn(name, env, logs) for name in CONSUMERS}
     started = time.monotonic()
     try:

@@ -9,7 +9,9 @@ is never resolved for want of data.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from isoperf.schemas import Alert, AlertKind, Leakage, Severity
 from services.alerts.rules import SEVERITIES, AlertRules
@@ -28,6 +30,7 @@ class SessionAlerts:
     def __init__(self, session: str, rules: AlertRules) -> None:
         self.session = session
         self.rules = rules
+        self.acks: list[tuple[str, str]] = []  # (alert id, by), for the record
         self.firing: dict[str, _Firing] = {}
         self._active_levels: set[Severity] = set()
         self._rate_since: float | None = None
@@ -51,6 +54,7 @@ class SessionAlerts:
         for f in self.firing.values():
             if f.id == alert_id:
                 f.acked_by = by
+                self.acks.append((alert_id, by))
                 return True
         return False
 
@@ -136,3 +140,24 @@ class SessionAlerts:
             message=message,
             kind="resolved",
         )
+
+
+def to_state(e: SessionAlerts) -> dict[str, object]:
+    """What a restart needs to carry on without losing or repeating an alert (JSON-serialisable)."""
+    return {
+        "session": e.session,
+        "rules": dataclasses.asdict(e.rules),
+        "firing": {rule: dataclasses.asdict(f) for rule, f in e.firing.items()},
+        "active_levels": sorted(e._active_levels),
+        "rate_since": e._rate_since,
+        "episodes": e._episodes,
+    }
+
+
+def from_state(state: dict[str, Any]) -> SessionAlerts:
+    e = SessionAlerts(str(state["session"]), AlertRules(**state["rules"]))
+    e.firing = {rule: _Firing(**f) for rule, f in state["firing"].items()}
+    e._active_levels = set(state["active_levels"])
+    e._rate_since = state["rate_since"]
+    e._episodes = int(state["episodes"])
+    return e

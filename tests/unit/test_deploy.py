@@ -27,7 +27,7 @@ def test_compose_services_volumes_and_files_exist() -> None:
             else:
                 assert source in volumes, f"{name} uses undeclared volume {source}"
         if name not in ("mosquitto", "influxdb"):
-            assert svc["command"][0] in ("recorder", "leakage", "acquisition")
+            assert svc["command"][0] in ("recorder", "leakage", "alerts", "acquisition")
             assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
             assert (ROOT / svc["build"]["dockerfile"]).exists()
 
