@@ -32,6 +32,9 @@ async def run_consumer(service: str, settings: ServiceSettings, make_handler: Ha
         mqtt = MqttService(settings, service, handler=handler, link=link)
         log.info("%s starting (instance %s)", service, settings.instance)
         await mqtt.run(stop)
+        close = getattr(handler, "aclose", None)
+        if close is not None:
+            await close()
         log.info(
             "%s stopped: %d messages handled, %d rejected (%s), %d lines stored, %d refused by InfluxDB",
             service,

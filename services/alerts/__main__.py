@@ -1,23 +1,63 @@
-"""``isoperf alerts``: alerts on leakage, published at once and kept in the record."""
+"""``isoperf alerts``: alerts on leakage, published at once, sent to the team, kept in the record."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
+from pydantic import BaseModel, Field, SecretStr
+
 from isoperf.runner import main_for
 from isoperf.settings import ServiceSettings
+from services.alerts.channels import Channel, EmailChannel, Notifier, SmtpConfig, WebhookChannel, WebhookFormat
 from services.alerts.handler import AlertsHandler
 from services.alerts.rules import AlertRules
 
 
+class WebhookTarget(BaseModel):
+    url: str
+    format: WebhookFormat = "generic"
+
+
 class AlertsSettings(ServiceSettings):
     alerts_state_file: Path = Path(".isoperf/alerts-state.json")
+    alerts_webhooks: list[WebhookTarget] = Field(default_factory=list)  # JSON: [{"url": "...", "format": "slack"}]
+    alerts_smtp_host: str | None = None
+    alerts_smtp_port: int = 25
+    alerts_smtp_username: str | None = None
+    alerts_smtp_password: SecretStr | None = None
+    alerts_smtp_starttls: bool = False
+    alerts_smtp_from: str = "isoperf@localhost"
+    alerts_smtp_to: list[str] = Field(default_factory=list)  # JSON: ["perfusion-team@hospital.example"]
+
+    def channels(self, session: aiohttp.ClientSession) -> list[Channel]:
+        out: list[Channel] = [WebhookChannel(w.url, w.format, session) for w in self.alerts_webhooks]
+        if self.alerts_smtp_host and self.alerts_smtp_to:
+            password = self.alerts_smtp_password.get_secret_value() if self.alerts_smtp_password else None
+            out.append(
+                EmailChannel(
+                    SmtpConfig(
+                        self.alerts_smtp_host,
+                        self.alerts_smtp_port,
+                        self.alerts_smtp_from,
+                        tuple(self.alerts_smtp_to),
+                        self.alerts_smtp_username,
+                        password,
+                        self.alerts_smtp_starttls,
+                    )
+                )
+            )
+        return out
 
 
 def main() -> None:
     def make(settings, topics, link, influx, writer):  # type: ignore[no-untyped-def]
         assert isinstance(settings, AlertsSettings)
-        return AlertsHandler(topics, link, writer, AlertRules(), settings.alerts_state_file, settings.max_payload_bytes)
+        # The InfluxDB client's HTTP session serves the webhooks too; it lives as long as the service.
+        notifier = Notifier(settings.channels(influx.session))
+        return AlertsHandler(
+            topics, link, writer, AlertRules(), settings.alerts_state_file, settings.max_payload_bytes, notifier
+        )
 
     main_for("alerts", make, AlertsSettings)
 

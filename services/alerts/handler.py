@@ -17,6 +17,7 @@ from isoperf.influx import InfluxWriter, line
 from isoperf.mqtt import Publisher
 from isoperf.schemas import Alert, AlertAck, Leakage, SessionMeta
 from isoperf.topics import Topics
+from services.alerts.channels import Notice, Notifier
 from services.alerts.engine import SessionAlerts, from_state, to_state
 from services.alerts.rules import AlertRules
 
@@ -45,8 +46,10 @@ class AlertsHandler:
         rules: AlertRules,
         state_file: Path,
         max_payload_bytes: int,
+        notifier: Notifier | None = None,
     ) -> None:
         self.topics, self.publisher, self.writer = topics, publisher, writer
+        self.notifier = notifier
         self.rules = rules
         self.state_file = state_file
         self.max_payload_bytes = max_payload_bytes
@@ -69,10 +72,14 @@ class AlertsHandler:
         key = (where.theatre, where.session)
         if where.kind == "leakage":
             leak = Leakage.model_validate(data)
-            for alert in self._engine(key).on_leakage(leak):
+            raised = self._engine(key).on_leakage(leak)
+            for alert in raised:
                 self.outbox.append((self.topics.session(*key, "alert"), encode(alert)))
                 self.writer.add([alert_line(*key, alert)])
             await self._send()  # at once: before anything is stored
+            if self.notifier is not None:
+                for alert in raised:  # queued per channel: never waits for a webhook or a mail server
+                    self.notifier.notify(Notice(key[0], key[1], alert))
         elif where.kind == "meta":
             meta = SessionMeta.model_validate(data)
             rules = self.rules.with_thresholds(meta.thresholds)  # ValueError: unknown names, kept aside
@@ -98,6 +105,11 @@ class AlertsHandler:
         await self._send()
         await self.writer.flush()
         self._save()
+
+    async def aclose(self, timeout_s: float = 10.0) -> None:
+        """At shutdown: give queued notifications a bounded chance to go out."""
+        if self.notifier is not None:
+            await self.notifier.drain(timeout_s)
 
     def _save(self) -> None:
         state = {

@@ -1,0 +1,177 @@
+"""Notification channels beyond MQTT: webhooks (generic JSON, Slack, Microsoft Teams) and e-mail.
+
+Each channel has its own queue and worker: a failing or slow channel is retried
+with backoff and never delays another channel or the MQTT alert, which the
+handler publishes before anything is queued here. Credentials come from the
+environment (see docs/configuration.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any, Literal, Protocol
+
+import aiohttp
+import aiosmtplib
+
+from isoperf.schemas import Alert
+
+log = logging.getLogger(__name__)
+
+WebhookFormat = Literal["generic", "slack", "teams"]
+# What a channel may fail with: retried with backoff, never allowed past its own worker.
+CHANNEL_ERRORS = (aiohttp.ClientError, aiosmtplib.SMTPException, OSError, TimeoutError, RuntimeError)
+COLOURS = {"advisory": "2E86C1", "warning": "F39C12", "critical": "E74C3C", "stop": "7B241C"}
+
+
+@dataclass(frozen=True)
+class Notice:
+    theatre: str
+    session: str
+    alert: Alert
+
+    def subject(self) -> str:
+        a = self.alert
+        what = (
+            "RESOLVED" if a.status == "resolved" else f"{a.severity.upper()}{' reminder' if a.kind == 'repeat' else ''}"
+        )
+        return f"[isoperf {what}] {self.theatre}/{self.session}: {a.rule.replace('_', ' ')}"
+
+
+def webhook_body(notice: Notice, fmt: WebhookFormat) -> dict[str, Any]:
+    """The JSON body of a webhook: isoperf's own, or what Slack or Teams incoming webhooks accept."""
+    a = notice.alert
+    if fmt == "slack":
+        return {"text": f"*{notice.subject()}*\n{a.message}"}
+    if fmt == "teams":
+        return {
+            "@type": "MessageCard",
+            "@context": "https://schema.org/extensions",
+            "summary": notice.subject(),
+            "themeColor": "1E8449" if a.status == "resolved" else COLOURS[a.severity],
+            "title": notice.subject(),
+            "text": a.message,
+        }
+    return {"theatre": notice.theatre, "session": notice.session, **a.model_dump(mode="json", exclude_none=True)}
+
+
+class Channel(Protocol):
+    name: str
+
+    async def send(self, notice: Notice) -> None: ...
+
+
+class WebhookChannel:
+    def __init__(self, url: str, fmt: WebhookFormat, session: aiohttp.ClientSession, timeout_s: float = 10.0) -> None:
+        self.name = f"webhook:{fmt}:{url.split('?')[0]}"
+        self.url, self.fmt, self.session = url, fmt, session
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def send(self, notice: Notice) -> None:
+        async with self.session.post(self.url, json=webhook_body(notice, self.fmt), timeout=self.timeout) as resp:
+            if resp.status >= 300:
+                raise RuntimeError(f"{self.name} answered {resp.status}")
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int
+    sender: str
+    recipients: tuple[str, ...]
+    username: str | None = None
+    password: str | None = None
+    starttls: bool = False
+    timeout_s: float = 15.0
+
+
+class EmailChannel:
+    def __init__(self, config: SmtpConfig) -> None:
+        self.name = f"email:{config.host}:{config.port}"
+        self.config = config
+
+    async def send(self, notice: Notice) -> None:
+        c = self.config
+        msg = EmailMessage()
+        msg["From"] = c.sender
+        msg["To"] = ", ".join(c.recipients)
+        msg["Subject"] = notice.subject()
+        a = notice.alert
+        msg.set_content(
+            f"{a.message}\n\nTheatre {notice.theatre}, session {notice.session}\nRule {a.rule}, severity {a.severity}, "
+            f"status {a.status}\nValue {a.value:g}, threshold {a.threshold:g}\nAlert id {a.id}\n"
+        )
+        await aiosmtplib.send(
+            msg,
+            hostname=c.host,
+            port=c.port,
+            username=c.username,
+            password=c.password,
+            start_tls=c.starttls,
+            timeout=c.timeout_s,
+        )
+
+
+class Notifier:
+    """Fans notices out to every channel; each channel's worker retries on its own."""
+
+    def __init__(self, channels: list[Channel], max_attempts: int = 8, first_backoff_s: float = 1.0) -> None:
+        self.channels = channels
+        self.max_attempts, self.first_backoff_s = max_attempts, first_backoff_s
+        self._queues: dict[str, asyncio.Queue[Notice]] = {c.name: asyncio.Queue() for c in channels}
+        self._workers: list[asyncio.Task[None]] = []
+        self.sent = 0
+        self.failed = 0
+
+    def notify(self, notice: Notice) -> None:
+        """Queue for every channel; never waits."""
+        if not self._workers and self.channels:
+            self._workers = [asyncio.create_task(self._work(c)) for c in self.channels]
+        for q in self._queues.values():
+            q.put_nowait(notice)
+
+    async def _work(self, channel: Channel) -> None:
+        queue = self._queues[channel.name]
+        while True:
+            notice = await queue.get()
+            delay = self.first_backoff_s
+            for attempt in range(1, self.max_attempts + 1):
+                try:
+                    await channel.send(notice)
+                    self.sent += 1
+                    break
+                except CHANNEL_ERRORS as exc:
+                    if attempt == self.max_attempts:
+                        self.failed += 1
+                        log.error(
+                            "%s: giving up on alert %s after %d attempts: %s",
+                            channel.name,
+                            notice.alert.id,
+                            attempt,
+                            exc,
+                        )
+                        break
+                    log.warning(
+                        "%s: sending alert %s failed (%s); retrying in %.1f s",
+                        channel.name,
+                        notice.alert.id,
+                        exc,
+                        delay,
+                    )
+                    await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                    delay = min(delay * 2, 60.0)
+            queue.task_done()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (bounded) for queued notices to go out, then stop the workers."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                for q in self._queues.values():
+                    await q.join()
+        for w in self._workers:
+            w.cancel()
