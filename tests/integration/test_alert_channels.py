@@ -1,0 +1,171 @@
+"""Alert channels with a real local SMTP server and real HTTP receivers, one of them hanging."""
+
+from __future__ import annotations
+
+import email
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from isoperf.stack import LocalStack, find_binary, free_port
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+class Mailbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[float, email.message.Message]] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        self.messages.append((time.monotonic(), email.message_from_bytes(envelope.content)))
+        return "250 OK"
+
+
+@pytest.fixture
+def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    box, port = Mailbox(), free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield box, port
+    controller.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[list[tuple[float, str, dict[str, Any]]], int]]:
+    got: list[tuple[float, str, dict[str, Any]]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path == "/hang":
+                time.sleep(20)  # a webhook that never answers in time
+            got.append((time.monotonic(), self.path, body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Hook)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield got, server.server_address[1]
+    server.shutdown()
+
+
+def publish(stack: LocalStack, topic: str, data: dict[str, Any]) -> None:
+    subprocess.run(
+        [
+            find_binary("mosquitto_pub"),
+            "-h",
+            stack.host,
+            "-p",
+            str(stack.mqtt_port),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            json.dumps(data),
+        ],
+        check=True,
+        timeout=10,
+    )
+
+
+def test_email_and_webhooks_for_firing_repeat_escalation_resolve(
+    stack, services, ids, mailbox, receiver, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    theatre, session = ids
+    box, smtp_port = mailbox
+    hooks, http_port = receiver
+    base = f"http://127.0.0.1:{http_port}"
+    webhooks = [
+        {"url": f"{base}/hang"},
+        {"url": f"{base}/generic"},
+        {"url": f"{base}/slack", "format": "slack"},
+        {"url": f"{base}/teams", "format": "teams"},
+    ]
+    services(
+        "alerts",
+        ISOPERF_ALERTS_STATE_FILE=str(tmp_path / "state.json"),
+        ISOPERF_ALERTS_WEBHOOKS=json.dumps(webhooks),
+        ISOPERF_ALERTS_SMTP_HOST="127.0.0.1",
+        ISOPERF_ALERTS_SMTP_PORT=str(smtp_port),
+        ISOPERF_ALERTS_SMTP_TO='["perfusion-team@hospital.example"]',
+    )
+    root = f"perfusion/{theatre}/{session}"
+    t0 = 1_767_225_600.0
+    publish(
+        stack,
+        f"{root}/meta",
+        {
+            "t": t0,
+            "procedure": "IHHP",
+            "isotope": "Tc-99m",
+            "weight_kg": 70,
+            "circuit_volume_ml": 220,
+            "melphalan_mg_per_kg": 1.0,
+            "thresholds": {"repeat_s": 60},
+        },
+    )
+    watcher = subprocess.Popen(
+        [
+            find_binary("mosquitto_sub"),
+            "-h",
+            stack.host,
+            "-p",
+            str(stack.mqtt_port),
+            "-t",
+            f"{root}/alert",
+            "-C",
+            "1",
+            "-W",
+            "20",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    time.sleep(0.5)
+
+    def leak(dt: float, pct: float) -> dict[str, Any]:
+        return {"t": t0 + dt, "state": "monitoring", "percent": pct, "ci_low": pct - 0.3, "ci_high": pct + 0.3}
+
+    published = time.monotonic()
+    publish(stack, f"{root}/leakage", leak(0, 1.5))  # advisory
+    first_alert = watcher.communicate(timeout=30)[0]
+    mqtt_latency = time.monotonic() - published
+    for dt, pct in ((61, 1.5), (62, 2.6), (63, 0.5)):  # reminder, warning, resolved
+        publish(stack, f"{root}/leakage", leak(dt, pct))
+
+    wait_for(lambda: len(box.messages) == 4, timeout=30)
+    subjects = [m["Subject"] for _, m in box.messages]
+    assert [s.split("]")[0] for s in subjects] == [
+        "[isoperf ADVISORY",
+        "[isoperf ADVISORY reminder",
+        "[isoperf WARNING",
+        "[isoperf RESOLVED",
+    ]
+    assert "above the advisory level of 1 %" in box.messages[0][1].get_payload()
+
+    wait_for(lambda: sum(1 for _, path, _ in hooks if path == "/teams") == 4, timeout=30)
+    generic = [b for _, path, b in hooks if path == "/generic"]
+    assert [b["kind"] for b in generic] == ["new", "repeat", "escalated", "resolved"]
+    assert generic[0]["theatre"] == theatre and generic[0]["severity"] == "advisory"
+    assert all("text" in b and b["text"].startswith("*[isoperf") for _, path, b in hooks if path == "/slack")
+    teams = [b for _, path, b in hooks if path == "/teams"]
+    assert teams[0]["@type"] == "MessageCard" and teams[2]["themeColor"] == "F39C12"
+
+    # The hanging webhook held up neither the MQTT alert nor the e-mail.
+    assert b'"severity": "advisory"' in first_alert or b"advisory" in first_alert
+    assert mqtt_latency < 2.0
+    assert box.messages[0][0] - published < 5.0
+    assert not any(path == "/hang" for _, path, _ in hooks)
