@@ -30,7 +30,6 @@ class SessionAlerts:
     def __init__(self, session: str, rules: AlertRules) -> None:
         self.session = session
         self.rules = rules
-        self.acks: list[tuple[str, str]] = []  # (alert id, by), for the record
         self.firing: dict[str, _Firing] = {}
         self._active_levels: set[Severity] = set()
         self._rate_since: float | None = None
@@ -54,7 +53,6 @@ class SessionAlerts:
         for f in self.firing.values():
             if f.id == alert_id:
                 f.acked_by = by
-                self.acks.append((alert_id, by))
                 return True
         return False
 
