@@ -210,6 +210,29 @@ bind-address = "{self.host}:{free_port()}"
                 out.append({**dict(zip(s["columns"], values, strict=True)), **tags})
         return out
 
+    def wait_status(self, service: str, instance: str, want: str = "online", timeout_s: float = 30.0) -> bool:
+        """Wait until a service's retained status topic says ``want``; False if it did not in time."""
+        argv = [
+            find_binary("mosquitto_sub"),
+            "-h",
+            self.host,
+            "-p",
+            str(self.mqtt_port),
+            "-t",
+            f"perfusion/status/{service}/{instance}",
+            "-C",
+            "1",
+            "-W",
+            "1",
+        ]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            out = subprocess.run(argv, capture_output=True, timeout=5, check=False)
+            if out.stdout.strip() == want.encode():
+                return True
+            time.sleep(0.1)
+        return False
+
     def stop(self, timeout_s: float = 15.0) -> None:
         for proc in self._procs.values():
             if proc.poll() is None:

@@ -49,27 +49,6 @@ def _spawn(stack: LocalStack, name: str, logs: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _wait_online(stack: LocalStack, service: str) -> None:
-    argv = [
-        "mosquitto_sub",
-        "-h",
-        stack.host,
-        "-p",
-        str(stack.mqtt_port),
-        "-t",
-        f"perfusion/status/{service}/bench",
-        "-C",
-        "1",
-        "-W",
-        "1",
-    ]
-    for _ in range(100):
-        if subprocess.run(argv, capture_output=True, check=False).stdout.strip() == b"online":
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{service} did not come online")
-
-
 async def publish_window(client: aiomqtt.Client, name: str, s: SimulatedSession, t0: float, t1: float) -> None:
     """Publish everything of a session with t0 < t <= t1: events, then one batch per signal."""
     base = f"perfusion/{name}/{name}"
@@ -160,7 +139,7 @@ def main() -> None:
         procs = [_spawn(stack, name, Path(tmp)) for name in ("recorder", "leakage", "alerts")]
         try:
             for name in ("recorder", "leakage", "alerts"):
-                _wait_online(stack, name)
+                assert stack.wait_status(name, "bench"), f"{name} did not come online"
             lat = asyncio.run(run(stack, args.theatres, args.rounds))
         finally:
             for p in procs:

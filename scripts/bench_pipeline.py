@@ -47,27 +47,6 @@ def _spawn(stack: LocalStack, name: str, log: Path, **extra: str) -> subprocess.
         )
 
 
-def _wait_online(stack: LocalStack, service: str, instance: str) -> None:
-    argv = [
-        "mosquitto_sub",
-        "-h",
-        stack.host,
-        "-p",
-        str(stack.mqtt_port),
-        "-t",
-        f"perfusion/status/{service}/{instance}",
-        "-C",
-        "1",
-        "-W",
-        "1",
-    ]
-    for _ in range(100):
-        if subprocess.run(argv, capture_output=True, check=False).stdout.strip() == b"online":
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{service} did not come online")
-
-
 def play_sessions(
     stack: LocalStack, logs: Path, prefix: str, n: int, start_t: float, speed: float = 0.0
 ) -> list[subprocess.Popen[bytes]]:
@@ -150,7 +129,7 @@ def main() -> None:
             _spawn(stack, name, logs / f"{name}.log", ISOPERF_INSTANCE="bench") for name in ("recorder", "leakage")
         ]
         for name in ("recorder", "leakage"):
-            _wait_online(stack, name, "bench")
+            assert stack.wait_status(name, "bench"), f"{name} did not come online"
         try:
             start_t = 1_767_225_600.0
             # A calibrated session for the latency probe.

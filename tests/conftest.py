@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from isoperf.stack import LocalStack, find_binary
+from isoperf.stack import LocalStack
 
 
 @pytest.fixture(autouse=True)
@@ -60,28 +60,9 @@ class ServiceProcess:
 
     def wait_online(self, stack: LocalStack, timeout: float = 30.0) -> ServiceProcess:
         """Wait for the service's retained status to say ``online`` (it is subscribed by then)."""
-        topic = f"perfusion/status/{self.name}/{self.env['ISOPERF_INSTANCE']}"
-        argv = [
-            find_binary("mosquitto_sub"),
-            "-h",
-            stack.host,
-            "-p",
-            str(stack.mqtt_port),
-            "-t",
-            topic,
-            "-C",
-            "1",
-            "-W",
-            "1",
-        ]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.alive(), self.output()
-            out = subprocess.run(argv, capture_output=True, timeout=5, check=False)
-            if out.stdout.strip() == b"online":
-                return self
-            time.sleep(0.1)
-        pytest.fail(f"{self.name} did not come online:\n{self.output()}")
+        if not stack.wait_status(self.name, self.env["ISOPERF_INSTANCE"], timeout_s=timeout):
+            pytest.fail(f"{self.name} did not come online:\n{self.output()}")
+        return self
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

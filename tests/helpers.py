@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 from isoperf.queries import count, session_where
-from isoperf.stack import LocalStack
+from isoperf.stack import LocalStack, find_binary
 
 where = session_where
-__all__ = ["count", "rows", "settled", "where"]
+__all__ = ["count", "mosquitto_pub", "rows", "settled", "where"]
 
 
 def rows(stack: LocalStack, q: str) -> list[dict[str, Any]]:
@@ -25,3 +26,9 @@ def settled(stack: LocalStack, theatre: str, session: str, n_counts: int = SESSI
         count(stack, f"SELECT count(value) FROM reading WHERE {w} AND signal='counts'") == n_counts
         and count(stack, f"SELECT count(state) FROM leakage WHERE {w}") == n_counts
     )
+
+
+def mosquitto_pub(stack: LocalStack, topic: str, payload: bytes) -> None:
+    """Publish as a person would by hand, with mosquitto_pub (QoS 1); an empty payload is sent with -n."""
+    argv = [find_binary("mosquitto_pub"), "-h", stack.host, "-p", str(stack.mqtt_port), "-q", "1", "-t", topic]
+    subprocess.run([*argv, "-s"] if payload else [*argv, "-n"], input=payload, check=True, timeout=10)

@@ -17,6 +17,7 @@ from aiosmtpd.controller import Controller
 
 from isoperf.stack import LocalStack, find_binary, free_port
 from tests.conftest import wait_for
+from tests.helpers import mosquitto_pub
 
 pytestmark = pytest.mark.integration
 
@@ -63,23 +64,7 @@ def receiver() -> Iterator[tuple[list[tuple[float, str, dict[str, Any]]], int]]:
 
 
 def publish(stack: LocalStack, topic: str, data: dict[str, Any]) -> None:
-    subprocess.run(
-        [
-            find_binary("mosquitto_pub"),
-            "-h",
-            stack.host,
-            "-p",
-            str(stack.mqtt_port),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-m",
-            json.dumps(data),
-        ],
-        check=True,
-        timeout=10,
-    )
+    mosquitto_pub(stack, topic, json.dumps(data).encode())
 
 
 def test_email_and_webhooks_for_firing_repeat_escalation_resolve(

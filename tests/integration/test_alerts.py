@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from isoperf.stack import find_binary
 from tests.conftest import wait_for
-from tests.helpers import count, rows, settled, where
+from tests.helpers import count, mosquitto_pub, rows, settled, where
 
 pytestmark = pytest.mark.integration
 
@@ -35,23 +33,7 @@ def test_alerts_fire_are_recorded_acknowledged_and_survive_sigkill(stack, servic
 
     # Acknowledged by hand, as a theatre screen would.
     ack = {"t": first[0]["time"] / 1000 + 1, "id": alert_id, "by": "perfusionist"}  # type: ignore[index]
-    subprocess.run(
-        [
-            find_binary("mosquitto_pub"),
-            "-h",
-            stack.host,
-            "-p",
-            str(stack.mqtt_port),
-            "-q",
-            "1",
-            "-t",
-            f"perfusion/{theatre}/{session}/alert/ack",
-            "-m",
-            json.dumps(ack),
-        ],
-        check=True,
-        timeout=10,
-    )
+    mosquitto_pub(stack, f"perfusion/{theatre}/{session}/alert/ack", json.dumps(ack).encode())
     acked = wait_for(lambda: rows(stack, f"SELECT id, acknowledged_by FROM alert_ack WHERE {w}"))
     assert acked[0]["acknowledged_by"] == "perfusionist"  # type: ignore[index]
 

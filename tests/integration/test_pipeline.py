@@ -14,9 +14,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from isoperf.stack import LocalStack, find_binary
+from isoperf.stack import find_binary
 from tests.conftest import wait_for
-from tests.helpers import count, rows, settled, where
+from tests.helpers import count, mosquitto_pub, rows, settled, where
 
 pytestmark = pytest.mark.integration
 
@@ -26,11 +26,6 @@ N_READINGS = 3960 * 5  # the default simulated session: 66 min, 5 signals at 1 H
 def run_session(services, theatre: str, session: str, **sim: str):  # type: ignore[no-untyped-def]
     env = {"ISOPERF_THEATRE": theatre, "ISOPERF_SESSION": session, "ISOPERF_SIM_SPEED": "0", **sim}
     return services("acquisition", **env)
-
-
-def mosquitto_pub(stack: LocalStack, topic: str, payload: bytes) -> None:
-    argv = [find_binary("mosquitto_pub"), "-h", stack.host, "-p", str(stack.mqtt_port), "-q", "1", "-t", topic]
-    subprocess.run([*argv, "-s"] if payload else [*argv, "-n"], input=payload, check=True, timeout=10)
 
 
 def test_hand_published_json_reading_is_stored_and_moves_leakage(stack, services, ids) -> None:  # type: ignore[no-untyped-def]
