@@ -113,31 +113,24 @@ class SessionAlerts:
 
     def _send(self, t: float, rule: str, f: _Firing, value: float, message: str, kind: AlertKind) -> Alert:
         f.last_sent = t
-        return Alert(
-            t=t,
-            id=f.id,
-            rule=rule,
-            severity=f.severity,
-            status="firing",
-            value=value,
-            threshold=f.threshold,
-            message=message,
-            kind=kind,
-        )
+        return _message(t, rule, f, value, message, kind)
 
     def _resolve(self, t: float, rule: str, value: float, message: str) -> Alert:
-        f = self.firing.pop(rule)
-        return Alert(
-            t=t,
-            id=f.id,
-            rule=rule,
-            severity=f.severity,
-            status="resolved",
-            value=value,
-            threshold=f.threshold,
-            message=message,
-            kind="resolved",
-        )
+        return _message(t, rule, self.firing.pop(rule), value, message, "resolved")
+
+
+def _message(t: float, rule: str, f: _Firing, value: float, message: str, kind: AlertKind) -> Alert:
+    return Alert(
+        t=t,
+        id=f.id,
+        rule=rule,
+        severity=f.severity,
+        status="resolved" if kind == "resolved" else "firing",
+        value=value,
+        threshold=f.threshold,
+        message=message,
+        kind=kind,
+    )
 
 
 def to_state(e: SessionAlerts) -> dict[str, object]:
