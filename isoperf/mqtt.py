@@ -55,15 +55,12 @@ class MqttLink:
 
     def __init__(self) -> None:
         self._client: aiomqtt.Client | None = None
-        self.connected = asyncio.Event()
 
     def attach(self, client: aiomqtt.Client) -> None:
         self._client = client
-        self.connected.set()
 
     def detach(self) -> None:
         self._client = None
-        self.connected.clear()
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         if self._client is None:
