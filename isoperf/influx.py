@@ -161,6 +161,7 @@ class InfluxWriter:
     def __init__(self, client: InfluxClient, batch_size: int = 5000, max_backoff_s: float = 30.0) -> None:
         self._client = client
         self._buffer: list[str] = []
+        self._lock = asyncio.Lock()
         self._batch_size = batch_size
         self._max_backoff_s = max_backoff_s
         self.written = 0
@@ -173,10 +174,14 @@ class InfluxWriter:
         return len(self._buffer)
 
     async def flush(self) -> None:
-        while self._buffer:
-            batch = self._buffer[: self._batch_size]
-            await self._write_with_retry(batch)
-            del self._buffer[: len(batch)]
+        """Store the lines added before this call (lines added meanwhile wait for the next flush)."""
+        async with self._lock:
+            left = len(self._buffer)
+            while left:
+                batch = self._buffer[: min(left, self._batch_size)]
+                await self._write_with_retry(batch)
+                del self._buffer[: len(batch)]
+                left -= len(batch)
 
     async def _write_with_retry(self, batch: list[str]) -> None:
         delay = 0.2

@@ -25,7 +25,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiomqtt
 
@@ -41,7 +41,12 @@ class Publisher(Protocol):
 
 
 class Handler(Protocol):
-    """A consumer: ``handle`` one message (raise ``ValueError`` for bad input), ``flush`` results."""
+    """A consumer: ``handle`` one message (raise ``ValueError`` for bad input), ``flush`` results.
+
+    ``flush`` must store everything handled before it was called; ``handle`` runs
+    while a flush is in progress (never two flushes at once), so a flush takes
+    what it stores before its first ``await``.
+    """
 
     def subscriptions(self) -> list[str]: ...
 
@@ -76,6 +81,7 @@ class Outbox:
         self._nonempty = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
+        self._lock = asyncio.Lock()
 
     def put(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self._items.append((topic, payload, retain))
@@ -85,14 +91,19 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    async def drain_to(self, link: MqttLink) -> None:
-        """Publish forever, removing each message only once the broker has it."""
-        while True:
-            await self._nonempty.wait()
+    async def send(self, publisher: Publisher) -> None:
+        """Publish what is queued, in order, removing each message only once the broker has it."""
+        async with self._lock:
             while self._items:
                 topic, payload, retain = self._items[0]
-                await link.publish(topic, payload, retain=retain)
+                await publisher.publish(topic, payload, retain=retain)
                 self._items.popleft()
+
+    async def drain_to(self, link: MqttLink) -> None:
+        """Publish forever."""
+        while True:
+            await self._nonempty.wait()
+            await self.send(link)
             self._nonempty.clear()
             self._empty.set()
 
@@ -233,21 +244,51 @@ class MqttService:
             log.error("%s: drain did not finish within %.0f s", self.service, self.settings.drain_timeout_s)
 
     async def _consume(self, client: aiomqtt.Client, handler: Handler, stop: asyncio.Event) -> None:
+        """Handle messages while the previous batch is being stored: storage never holds up handling.
+
+        One flush at a time, in order; a batch is acknowledged when its flush returned. Handling
+        waits for a running flush only when a full batch is already waiting (back-pressure).
+        """
         pending: list[aiomqtt.Message] = []
         first_pending = 0.0
+        flushing: asyncio.Future[None] | None = None
         messages = client.messages
         it = aiter(messages)
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while True:
-                if pending and (
-                    len(messages) == 0
-                    or len(pending) >= self.settings.flush_max_messages
-                    or time.monotonic() - first_pending > self.settings.flush_max_delay_s
+                if flushing is not None and flushing.done():
+                    flushing.result()  # a failed flush (connection lost) ends this connection
+                    flushing = None
+                if pending and len(pending) >= self.settings.flush_max_messages and flushing is not None:
+                    await flushing
+                    continue
+                if (
+                    pending
+                    and flushing is None
+                    and (
+                        len(messages) == 0
+                        or len(pending) >= self.settings.flush_max_messages
+                        or time.monotonic() - first_pending > self.settings.flush_max_delay_s
+                    )
                 ):
-                    await self._flush_and_ack(client, handler, pending)
+                    flushing = asyncio.ensure_future(self._flush_and_ack(client, handler, pending))
+                    pending = []
                 receiving = asyncio.ensure_future(anext(it))
-                done, _ = await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                while True:
+                    waiting: set[asyncio.Future[Any]] = {receiving, stopping}
+                    if flushing is not None:
+                        waiting.add(flushing)
+                    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    if receiving in done or stopping in done:
+                        break
+                    # The flush finished first: start the next one while still waiting.
+                    assert flushing is not None
+                    flushing.result()
+                    flushing = None
+                    if pending:
+                        flushing = asyncio.ensure_future(self._flush_and_ack(client, handler, pending))
+                        pending = []
                 if receiving not in done:
                     receiving.cancel()
                     break
@@ -258,6 +299,10 @@ class MqttService:
                 pending.append(message)
         finally:
             stopping.cancel()
+            if flushing is not None and not flushing.done():
+                await self._drain(asyncio.shield(flushing))
+        if flushing is not None:
+            flushing.result()
         await self._drain(self._flush_and_ack(client, handler, pending))
 
     async def _handle(self, handler: Handler, message: aiomqtt.Message) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from isoperf.codec import decode, encode
 from isoperf.influx import InfluxWriter, line
-from isoperf.mqtt import Publisher
+from isoperf.mqtt import Outbox, Publisher
 from isoperf.schemas import Alert, AlertAck, Leakage, SessionMeta
 from isoperf.topics import Topics
 from services.alerts.channels import Notice, Notifier
@@ -55,7 +55,7 @@ class AlertsHandler:
         self.max_payload_bytes = max_payload_bytes
         self.sessions: dict[tuple[str, str], SessionAlerts] = {}
         self.thresholds: dict[tuple[str, str], dict[str, float]] = {}
-        self.outbox: list[tuple[str, bytes]] = []
+        self.outbox = Outbox()
         self._load()
 
     def subscriptions(self) -> list[str]:
@@ -74,9 +74,9 @@ class AlertsHandler:
             leak = Leakage.model_validate(data)
             raised = self._engine(key).on_leakage(leak)
             for alert in raised:
-                self.outbox.append((self.topics.session(*key, "alert"), encode(alert)))
+                self.outbox.put(self.topics.session(*key, "alert"), encode(alert))
                 self.writer.add([alert_line(*key, alert)])
-            await self._send()  # at once: before anything is stored
+            await self.outbox.send(self.publisher)  # at once: before anything is stored
             if self.notifier is not None:
                 for alert in raised:  # queued per channel: never waits for a webhook or a mail server
                     self.notifier.notify(Notice(key[0], key[1], alert))
@@ -95,30 +95,30 @@ class AlertsHandler:
         else:
             raise ValueError(f"the alerts service does not take {where.kind!r} messages")
 
-    async def _send(self) -> None:
-        while self.outbox:
-            topic, payload = self.outbox[0]
-            await self.publisher.publish(topic, payload)
-            self.outbox.pop(0)
-
     async def flush(self) -> None:
-        await self._send()
+        # The state as of now, before any await: what it holds is stored by this flush.
+        state = self._state()
         await self.writer.flush()
-        self._save()
+        await self.outbox.send(self.publisher)
+        self._save(state)
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
         """At shutdown: give queued notifications a bounded chance to go out."""
         if self.notifier is not None:
             await self.notifier.drain(timeout_s)
 
-    def _save(self) -> None:
-        state = {
-            "sessions": [{"theatre": k[0], **to_state(e)} for k, e in self.sessions.items()],
-            "thresholds": [{"theatre": k[0], "session": k[1], "values": v} for k, v in self.thresholds.items()],
-        }
+    def _state(self) -> str:
+        return json.dumps(
+            {
+                "sessions": [{"theatre": k[0], **to_state(e)} for k, e in self.sessions.items()],
+                "thresholds": [{"theatre": k[0], "session": k[1], "values": v} for k, v in self.thresholds.items()],
+            }
+        )
+
+    def _save(self, state: str) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
+        tmp.write_text(state)
         os.replace(tmp, self.state_file)  # atomic: a crash leaves the old state or the new
 
     def _load(self) -> None:

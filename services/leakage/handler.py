@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from isoperf.codec import decode, encode
 from isoperf.influx import InfluxClient, InfluxWriter
-from isoperf.mqtt import Publisher
+from isoperf.mqtt import Outbox, Publisher
 from isoperf.points import leakage_line
 from isoperf.queries import session_where
 from isoperf.schemas import Event, Leakage, SessionMeta, check_signal_range, parse_reading_payload, readings_of
@@ -37,12 +37,11 @@ EVICT_SILENT_AFTER_S = 6 * 3600.0
 class _Session:
     estimator: LeakageEstimator
     last_seen: float
-    outbox: list[Leakage] = field(default_factory=list)
 
     def evictable(self, now: float) -> bool:
         quiet = now - self.last_seen
         ended = "session_end" in self.estimator.events
-        return not self.outbox and (quiet > EVICT_SILENT_AFTER_S or (ended and quiet > EVICT_ENDED_AFTER_S))
+        return quiet > EVICT_SILENT_AFTER_S or (ended and quiet > EVICT_ENDED_AFTER_S)
 
 
 class LeakageHandler:
@@ -65,6 +64,7 @@ class LeakageHandler:
         self.clock = clock
         self.sessions: dict[tuple[str, str], _Session] = {}
         self.isotopes: dict[tuple[str, str], str] = {}
+        self.outbox = Outbox()
 
     def subscriptions(self) -> list[str]:
         return [self.topics.subscription(k) for k in ("meta", "event", "raw/counts")]
@@ -97,27 +97,24 @@ class LeakageHandler:
         else:
             raise ValueError(f"the leakage service does not take {where.kind!r} messages")
         self._collect(key, sess)
+        await self.outbox.send(self.publisher)  # the live path first: before anything is stored
 
     def _collect(self, key: tuple[str, str], sess: _Session) -> None:
         sess.last_seen = self.clock()
         for point in sess.estimator.update():
-            self._emit(key, sess, point)
+            self._emit(key, point)
 
-    def _emit(self, key: tuple[str, str], sess: _Session, point: Leakage) -> None:
-        """Queue a point for publication and storage; ``flush`` sends and stores it."""
-        sess.outbox.append(point)
+    def _emit(self, key: tuple[str, str], point: Leakage) -> None:
+        """Queue a point for publication (QoS 1) and storage."""
+        self.outbox.put(self.topics.session(key[0], key[1], "leakage"), encode(point))
         self.writer.add([leakage_line(key[0], key[1], point)])
 
     async def flush(self) -> None:
-        """Publish new points (QoS 1, the live path first), then store them."""
-        for (theatre, session), sess in self.sessions.items():
-            topic = self.topics.session(theatre, session, "leakage")
-            while sess.outbox:
-                await self.publisher.publish(topic, encode(sess.outbox[0]))
-                sess.outbox.pop(0)
+        """Store the points; publish any a lost connection held back."""
         await self.writer.flush()
+        await self.outbox.send(self.publisher)
         now = self.clock()
-        for key in [k for k, sess in self.sessions.items() if sess.evictable(now)]:
+        for key in [k for k, sess in self.sessions.items() if sess.evictable(now) and not len(self.outbox)]:
             log.info("session %s/%s released from memory", *key)
             del self.sessions[key]
 
@@ -139,14 +136,16 @@ class LeakageHandler:
         n = await load_session(self.influx, theatre, session, sess.estimator, isotope_known=key in self.isotopes)
         last = await self.influx.rows(f"SELECT last(state) FROM leakage WHERE {session_where(theatre, session)}")
         last_t = last[0]["time"] / 1000.0 if last else None
+        missing = 0
         for point in sess.estimator.update():
             if last_t is None or point.t > last_t + 0.0005:
-                self._emit(key, sess, point)
+                self._emit(key, point)
+                missing += 1
         if n:
             log.info(
                 "rebuilt %s/%s from %d stored counts; %d points were missing from storage",
                 theatre,
                 session,
                 n,
-                len(sess.outbox),
+                missing,
             )
