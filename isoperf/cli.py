@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         from services.leakage.reanalysis import main as reanalyse
 
         return reanalyse(argv[1:])
+    if argv[:1] in (["ack"], ["silence"]):
+        from services.alerts.commands import ack_main, silence_main
+
+        return (ack_main if argv[0] == "ack" else silence_main)(argv[1:])
     parser = argparse.ArgumentParser(prog="isoperf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SERVICES:
@@ -56,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--mqtt-port", type=int, default=1883)
     st.add_argument("--influx-port", type=int, default=8086)
     sub.add_parser("reanalyse", help="recompute leakage for a stored session as a separate series (see --help)")
+    sub.add_parser("ack", help="acknowledge a firing alert, or list them (see --help)")
+    sub.add_parser("silence", help="silence a session's alerts, or one rule, for a while (see --help)")
     demo = sub.add_parser("demo", help="run a whole simulated IHHP session through the real stack")
     demo.add_argument("--dir", default=".isoperf/demo", help="where the demo keeps its data (default: %(default)s)")
     demo.add_argument("--speed", type=float, default=60.0, help="simulation speed factor (default: %(default)s)")

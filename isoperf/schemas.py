@@ -50,13 +50,14 @@ EventType = Literal[
     "drug_stop",
     "washout_start",
     "washout_end",
+    "isolation_start",  # extension: clamps on / tourniquet on (ischaemia time starts)
     "isolation_end",
     "session_end",
     "note",
 ]
 LeakageState = Literal["background", "calibrating", "calibrated", "monitoring", "washout", "ended"]
 ProbeFault = Literal["no counts", "constant counts"]
-AlertKind = Literal["new", "escalated", "eased", "repeat", "resolved"]
+AlertKind = Literal["new", "escalated", "eased", "repeat", "unacknowledged", "resolved"]
 Severity = Literal["advisory", "warning", "critical", "stop"]
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -192,13 +193,25 @@ class Alert(_Model):
     value: Number
     threshold: Number
     message: str = Field(max_length=2_000)
-    # Extension: why this message was sent.
+    # Extensions: why this message was sent; whether a silence mutes its notifications.
     kind: AlertKind | None = None
+    silenced: bool | None = None
 
 
 class AlertAck(_Model):
     t: EventTime
     id: str = Field(min_length=1, max_length=128)
+    by: str = Field(min_length=1, max_length=128)
+
+
+class AlertSilence(_Model):
+    """Extension (topic ``alert/silence``): mute notifications of a session, or of one rule in it,
+    for ``duration_s`` from ``t``; a duration of 0 lifts the matching silences."""
+
+    t: EventTime
+    rule: str | None = Field(default=None, min_length=1, max_length=128)
+    duration_s: Number = Field(ge=0.0, le=86_400.0)
+    reason: str = Field(min_length=1, max_length=500)
     by: str = Field(min_length=1, max_length=128)
 
 

@@ -9,7 +9,7 @@ from isoperf.schemas import SIGNALS
 
 _ID = re.compile(r"[a-z0-9-]{1,64}")
 # The kinds of message a session topic carries, after {root}/{theatre}/{session}/.
-SESSION_KINDS = ("meta", "event", "sample", "leakage", "pk", "alert", "alert/ack")
+SESSION_KINDS = ("meta", "event", "sample", "leakage", "pk", "alert", "alert/ack", "alert/silence")
 
 
 class TopicError(ValueError):
@@ -53,6 +53,16 @@ class Topics:
 
     def status(self, service: str, instance: str) -> str:
         return f"{self.root}/status/{check_id(service, 'service')}/{check_id(instance, 'instance')}"
+
+    def status_subscription(self) -> str:
+        return f"{self.root}/status/+/+"
+
+    def parse_status(self, topic: str) -> str | None:
+        """``service/instance`` of a status topic, or None if ``topic`` is not one."""
+        prefix = f"{self.root}/status/"
+        if not topic.startswith(prefix) or topic.count("/") != prefix.count("/") + 1:
+            return None
+        return topic[len(prefix) :]
 
     def subscription(self, kind: str) -> str:
         """Wildcard filter for one kind across every theatre and session (``raw/+`` for readings)."""

@@ -33,6 +33,7 @@ from services.acquisition.simulator import LeakScenario, SimConfig, SimulatedSes
 
 START_T = 1_767_225_600.0
 FAST_FORWARD_S = 1300.0  # past calibration and the zero point of the default timeline
+WARM_UP_S = 15.0
 
 
 def _spawn(stack: LocalStack, name: str, logs: Path) -> subprocess.Popen[bytes]:
@@ -82,10 +83,17 @@ async def probe(client: aiomqtt.Client, rounds: int) -> list[float]:
     s = simulate(SimConfig(start_t=START_T, leak=LeakScenario(release_pct=0.0), perfusion_s=36000.0), 99)
     base = f"perfusion/{name}/{name}"
     await client.subscribe(f"{base}/alert", qos=1)
+    await client.subscribe(f"{base}/leakage", qos=1)
     await client.publish(f"{base}/meta", encode(s.meta), qos=1, retain=True)
     await publish_window(client, name, s, START_T - 1, START_T + FAST_FORWARD_S)
     counts = iter(s.readings["counts"][int(FAST_FORWARD_S) :])
     messages = aiter(client.messages)
+    # The fast-forward is a backlog of 1,300 leakage points: let it clear before measuring.
+    while not (backlog := await anext(messages)).topic.matches(f"{base}/leakage") or (
+        float(_payload(backlog)["t"]) < START_T + FAST_FORWARD_S - 1  # type: ignore[arg-type]
+    ):
+        pass
+    await client.unsubscribe(f"{base}/leakage")
     latencies: list[float] = []
     for _ in range(rounds):
         for _ in range(5):  # ordinary readings between rounds
@@ -96,7 +104,7 @@ async def probe(client: aiomqtt.Client, rounds: int) -> list[float]:
         await client.publish(f"{base}/raw/counts", encode(Reading(t=t, v=6000.0)), qos=1)
         while True:  # the "new" alert for this round
             got = _payload(await anext(messages))
-            if got.get("kind") == "new":
+            if got.get("rule") == "leakage" and got.get("kind") == "new":
                 latencies.append(time.perf_counter() - sent)
                 break
         resolved = False
@@ -107,7 +115,8 @@ async def probe(client: aiomqtt.Client, rounds: int) -> list[float]:
             try:
                 while True:
                     msg = await asyncio.wait_for(anext(messages), timeout=0.3)
-                    if _payload(msg).get("status") == "resolved":
+                    got = _payload(msg)
+                    if got.get("rule") == "leakage" and got.get("status") == "resolved":
                         resolved = True
             except TimeoutError:
                 pass
@@ -122,7 +131,9 @@ async def run(stack: LocalStack, theatres: int, rounds: int) -> list[float]:
         aiomqtt.Client(stack.host, stack.mqtt_port, identifier="bench-probe") as probe_client,
     ):
         loader = asyncio.create_task(load(load_client, sessions, stop))
-        await asyncio.sleep(3.0)  # the real-time load is running
+        # Warm-up: every load session has started (its first message makes the leakage service look it
+        # up in storage), so rounds measure the steady state, not 50 sessions starting at once.
+        await asyncio.sleep(WARM_UP_S)
         try:
             return await probe(probe_client, rounds)
         finally:
@@ -145,6 +156,7 @@ def main() -> None:
             for p in procs:
                 p.terminate()
                 p.wait()
+    slow = [f"#{i + 1}: {x * 1000:.0f} ms" for i, x in enumerate(lat) if x > 0.1]
     lat.sort()
     print(f"\nisoperf alert latency ({os.cpu_count()} cores), {args.theatres} theatres playing in real time")
     print(f"  reading that lifts the lower bound over 1 % -> 'new' alert on MQTT, {len(lat)} rounds:")
@@ -152,6 +164,7 @@ def main() -> None:
         f"  median {statistics.median(lat) * 1000:.1f} ms, p99 {lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000:.1f} ms,"
         f" max {lat[-1] * 1000:.1f} ms"
     )
+    print(f"  rounds over 100 ms: {', '.join(slow) or 'none'}")
 
 
 if __name__ == "__main__":

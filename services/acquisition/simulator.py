@@ -201,7 +201,7 @@ def _events(cfg: SimConfig) -> list[Event]:
     return [
         Event(t=t0, type="session_start"),
         Event(t=t0 + cfg.calibration_at_s, type="calibration_dose", activity_mbq=a_cal),
-        Event(t=t0 + cfg.isolation_at_s, type="note", text="isolation established, circuit running"),
+        Event(t=t0 + cfg.isolation_at_s, type="isolation_start"),
         Event(t=t0 + cfg.perfusion_dose_at_s, type="perfusion_dose", activity_mbq=a_cal * cfg.activity_ratio),
         Event(
             t=t0 + cfg.drug_start_at_s, type="drug_start", dose_mg=dose_mg, mode="infusion", duration_s=cfg.infusion_s

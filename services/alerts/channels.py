@@ -37,9 +37,8 @@ class Notice:
 
     def subject(self) -> str:
         a = self.alert
-        what = (
-            "RESOLVED" if a.status == "resolved" else f"{a.severity.upper()}{' reminder' if a.kind == 'repeat' else ''}"
-        )
+        extra = {"repeat": " reminder", "unacknowledged": " UNACKNOWLEDGED"}.get(a.kind or "", "")
+        what = "RESOLVED" if a.status == "resolved" else f"{a.severity.upper()}{extra}"
         return f"[isoperf {what}] {self.theatre}/{self.session}: {a.rule.replace('_', ' ')}"
 
 
@@ -118,12 +117,24 @@ class EmailChannel:
 
 
 class Notifier:
-    """Fans notices out to every channel; each channel's worker retries on its own."""
+    """Fans notices out to every channel; each channel's worker retries on its own.
 
-    def __init__(self, channels: list[Channel], max_attempts: int = 8, first_backoff_s: float = 1.0) -> None:
-        self.channels = channels
+    Escalation channels (the on-call phone, a second team) get only what was escalated to
+    them: alerts left unacknowledged, and later the resolution of those alerts.
+    """
+
+    def __init__(
+        self,
+        channels: list[Channel],
+        escalation: list[Channel] | None = None,
+        max_attempts: int = 8,
+        first_backoff_s: float = 1.0,
+    ) -> None:
+        self.escalation = list(escalation or [])
+        self.channels = [*channels, *self.escalation]
+        self._escalated: set[str] = set()  # alert ids sent to the escalation channels
         self.max_attempts, self.first_backoff_s = max_attempts, first_backoff_s
-        self._queues: dict[str, asyncio.Queue[Notice]] = {c.name: asyncio.Queue() for c in channels}
+        self._queues: list[asyncio.Queue[Notice]] = [asyncio.Queue() for _ in self.channels]
         self._workers: list[asyncio.Task[None]] = []
         self.sent = 0
         self.failed = 0
@@ -131,12 +142,20 @@ class Notifier:
     def notify(self, notice: Notice) -> None:
         """Queue for every channel; never waits."""
         if not self._workers and self.channels:
-            self._workers = [asyncio.create_task(self._work(c)) for c in self.channels]
-        for q in self._queues.values():
-            q.put_nowait(notice)
+            self._workers = [
+                asyncio.create_task(self._work(c, q)) for c, q in zip(self.channels, self._queues, strict=True)
+            ]
+        a = notice.alert
+        to_escalation = a.kind == "unacknowledged" or (a.status == "resolved" and a.id in self._escalated)
+        if a.kind == "unacknowledged":
+            self._escalated.add(a.id)
+        elif a.status == "resolved":
+            self._escalated.discard(a.id)
+        for c, q in zip(self.channels, self._queues, strict=True):
+            if to_escalation or c not in self.escalation:
+                q.put_nowait(notice)
 
-    async def _work(self, channel: Channel) -> None:
-        queue = self._queues[channel.name]
+    async def _work(self, channel: Channel, queue: asyncio.Queue[Notice]) -> None:
         while True:
             notice = await queue.get()
             delay = self.first_backoff_s
@@ -171,7 +190,7 @@ class Notifier:
         """Wait (bounded) for queued notices to go out, then stop the workers."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
-                for q in self._queues.values():
+                for q in self._queues:
                     await q.join()
         for w in self._workers:
             w.cancel()

@@ -2,19 +2,36 @@
 
 One alert per rule while it fires (deduplicated); a higher severity replaces
 the lower on the same alert (escalated), a lower one eases it; a reminder is
-sent every ``repeat_s`` while it fires unacknowledged; a resolution closes it.
+sent every ``repeat_s`` while it fires unacknowledged; a critical or stop alert
+left unacknowledged for ``escalate_after_s`` is sent once more, to the
+escalation channels (kind ``unacknowledged``); a resolution closes it. A
+silence mutes notifications (reminders and escalations are held back, alerts
+are marked ``silenced``) but never the record.
+
 Missing numbers (no calibration yet, a probe fault) change nothing: an alert
-is never resolved for want of data.
+is never resolved for want of data. Time is the event time of the inputs
+(``now`` only moves forward); ``on_time`` lets a caller advance it when
+nothing arrives. Stale data is the one thing judged by the caller's clock
+(``check_stale``): a device may send its readings in batches, so a gap in
+event time between two signals says nothing.
+
+Phases: leakage rules apply until the isolation ends (afterwards the clamps
+are off, the release is expected, and leakage alerts are closed); circuit
+limits apply while the pump runs; every alert is closed at the session's end.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, field
 from typing import Any
 
-from isoperf.schemas import Alert, AlertKind, Leakage, Severity
-from services.alerts.rules import SEVERITIES, AlertRules
+from isoperf.schemas import Alert, AlertKind, AlertSilence, Leakage, Severity
+from services.alerts.rules import LIMITED_SIGNALS, SEVERITIES, UNITS, AlertRules
+
+# The reservoir level the circuit settled at: median of this window after the pump started.
+RESERVOIR_BASELINE_WINDOW_S = (30.0, 90.0)
 
 
 @dataclass
@@ -22,8 +39,36 @@ class _Firing:
     id: str
     severity: Severity
     threshold: float
+    value: float
+    message: str
     last_sent: float
+    severity_since: float
     acked_by: str | None = None
+    paged: bool = False
+
+
+@dataclass
+class _Silence:
+    rule: str | None
+    until: float
+    reason: str
+    by: str
+
+    def covers(self, rule: str) -> bool:
+        return self.rule is None or rule == self.rule or rule.startswith(self.rule + ":")
+
+
+@dataclass
+class _Circuit:
+    """What the alert rules need to know about the procedure's phases."""
+
+    isolation_t: float | None = None  # ischaemia starts
+    isolation_end_t: float | None = None
+    pump_on_t: float | None = None  # circuit limits armed from here ...
+    pump_done: bool = False  # ... until the washout ends or the isolation does
+    ended: bool = False  # session_end: everything closed
+    reservoir_early: list[float] = field(default_factory=list)
+    reservoir_baseline: float | None = None
 
 
 class SessionAlerts:
@@ -31,21 +76,97 @@ class SessionAlerts:
         self.session = session
         self.rules = rules
         self.firing: dict[str, _Firing] = {}
+        self.now: float | None = None
+        self.circuit = _Circuit()
+        self.last_seen: dict[str, float] = {}
+        self.silences: list[_Silence] = []
         self._active_levels: set[Severity] = set()
-        self._rate_since: float | None = None
+        self._since: dict[str, float] = {}  # when a condition began (or, while firing, when it cleared)
         self._episodes = 0
 
-    def _new_id(self, rule: str) -> str:
-        self._episodes += 1
-        return f"{self.session}-{rule}-{self._episodes}"
+    # -- inputs ------------------------------------------------------------------------------
 
     def on_leakage(self, leak: Leakage) -> list[Alert]:
         out: list[Alert] = []
-        if leak.ci_low is not None and leak.ci_high is not None and leak.percent is not None:
-            out += self._leakage_levels(leak.t, leak.percent, leak.ci_low, leak.ci_high)
-        if leak.rate_pct_min is not None:
-            out += self._leak_rate(leak.t, leak.rate_pct_min)
-        out += self._reminders(leak.t, leak)
+        if self.circuit.isolation_end_t is None and not self.circuit.ended:
+            if leak.ci_low is not None and leak.ci_high is not None and leak.percent is not None:
+                out += self._leakage_levels(leak.t, leak.percent, leak.ci_low, leak.ci_high)
+            if leak.rate_pct_min is not None:
+                out += self._leak_rate(leak.t, leak.rate_pct_min)
+        if not self.circuit.ended:
+            out += self._probe_fault(leak)
+        return out + self.on_time(leak.t)
+
+    def on_reading(self, signal: str, t: float, v: float) -> list[Alert]:
+        out: list[Alert] = []
+        if self.circuit.ended:
+            return out
+        self.last_seen[signal] = max(t, self.last_seen.get(signal, t))
+        stale = f"stale_{signal}"
+        if stale in self.firing:
+            out.append(self._resolve(t, stale, v, f"{_label(signal)} readings back"))
+        c = self.circuit
+        if signal == "flow" and v > self.rules.circuit_flow_on_ml_min and c.pump_on_t is None and not c.pump_done:
+            c.pump_on_t = t
+            if c.isolation_t is None:
+                c.isolation_t = t  # no isolation_start event: the pump starting marks it
+        if c.pump_on_t is not None and not c.pump_done and signal in LIMITED_SIGNALS:
+            out += self._limits(signal, t, v)
+            if signal == "reservoir":
+                out += self._reservoir_drop(t, v)
+        return out + self.on_time(t)
+
+    def on_event(self, kind: str, t: float) -> list[Alert]:
+        c = self.circuit
+        out: list[Alert] = []
+        if kind == "isolation_start" and c.isolation_end_t is None:
+            c.isolation_t = t  # the event is authoritative, also over a pump-inferred time
+        elif kind in ("washout_end", "isolation_end") and not c.pump_done:
+            c.pump_done = True
+            out += self._resolve_all(
+                t, lambda r: r.endswith(("_low", "_high")) or r == "reservoir_drop", "pump stopped"
+            )
+        if kind == "isolation_end" and c.isolation_end_t is None:
+            c.isolation_end_t = t
+            out += self._resolve_all(t, lambda r: r in ("leakage", "leak_rate", "ischaemia"), "isolation ended")
+        if kind == "session_end" and not c.ended:
+            c.ended = True
+            out += self._resolve_all(t, lambda r: True, "session ended")
+        return out + self.on_time(t)
+
+    def on_service(self, name: str, online: bool, t: float, critical: bool) -> list[Alert]:
+        """A service or device went ``offline`` (or came back); ``name`` is ``service/instance``."""
+        rule = f"offline:{name}"
+        if online:
+            return [self._resolve(t, rule, 1.0, f"{name} back online")] if rule in self.firing else []
+        if rule in self.firing or self.circuit.ended:
+            return []
+        severity: Severity = "critical" if critical else "warning"
+        return [self._fire(t, rule, severity, 0.0, 1.0, f"{name} went offline")]
+
+    def on_time(self, t: float) -> list[Alert]:
+        """Advance the session clock: stale data, ischaemia time, silences, reminders, escalation."""
+        if self.now is not None and t <= self.now:
+            return []
+        self.now = t
+        out: list[Alert] = []
+        if not self.circuit.ended:
+            out += self._ischaemia(t)
+        self.silences = [s for s in self.silences if s.until > t]
+        for rule, f in self.firing.items():
+            if f.acked_by is not None or self._silenced(rule):
+                continue
+            if (
+                f.severity in ("critical", "stop")
+                and not f.paged
+                and t - f.severity_since >= self.rules.escalate_after_s
+            ):
+                f.paged = True
+                minutes = (t - f.severity_since) / 60
+                message = f"Unacknowledged for {minutes:.0f} min: {f.message}"
+                out.append(self._send(t, rule, f, f.value, message, "unacknowledged"))
+            elif t - f.last_sent >= self.rules.repeat_s:
+                out.append(self._send(t, rule, f, f.value, f"Reminder: {f.message}", "repeat"))
         return out
 
     def acknowledge(self, alert_id: str, by: str) -> bool:
@@ -55,6 +176,12 @@ class SessionAlerts:
                 f.acked_by = by
                 return True
         return False
+
+    def silence(self, s: AlertSilence) -> None:
+        if s.duration_s == 0:
+            self.silences = [x for x in self.silences if x.rule != s.rule]
+        else:
+            self.silences.append(_Silence(s.rule, s.t + s.duration_s, s.reason, s.by))
 
     # -- rules ------------------------------------------------------------------------------
 
@@ -73,53 +200,156 @@ class SessionAlerts:
         message = f"Leakage {pct:.2f} % (95 % CI {low:.2f} to {high:.2f}) above the {severity} level of {level:g} %"
         if current is None:
             return [self._fire(t, rule, severity, pct, level, message)]
+        current.value, current.message = pct, message
         if severity == current.severity:
             return []
         kind: AlertKind = "escalated" if SEVERITIES.index(severity) > SEVERITIES.index(current.severity) else "eased"
-        current.severity, current.threshold = severity, level
+        current.severity, current.threshold, current.severity_since = severity, level, t
         if kind == "escalated":
-            current.acked_by = None  # a new severity wants a new acknowledgement
+            current.acked_by, current.paged = None, False  # a new severity wants a new acknowledgement
         return [self._send(t, rule, current, pct, message, kind)]
 
     def _leak_rate(self, t: float, rate: float) -> list[Alert]:
-        rule, limit = "leak_rate", self.rules.leak_rate_pct_min
-        current = self.firing.get(rule)
-        if rate <= limit:
-            self._rate_since = None
-            return [self._resolve(t, rule, rate, f"Leak rate back below {limit:g} %/min")] if current else []
-        if self._rate_since is None:
-            self._rate_since = t
-        if current is None and t - self._rate_since >= self.rules.leak_rate_for_s:
-            minutes = self.rules.leak_rate_for_s / 60
-            message = f"Leak rate {rate:.2f} %/min above {limit:g} %/min for {minutes:g} min"
-            return [self._fire(t, rule, "warning", rate, limit, message)]
+        limit, hold = self.rules.leak_rate_pct_min, self.rules.leak_rate_for_s
+        message = f"Leak rate {rate:.2f} %/min above {limit:g} %/min for {hold / 60:g} min"
+        return self._sustained(t, "leak_rate", rate > limit, hold, 0.0, "warning", rate, limit, message)
+
+    def _probe_fault(self, leak: Leakage) -> list[Alert]:
+        rule, current = "probe_fault", self.firing.get("probe_fault")
+        if leak.probe_fault is not None and current is None:
+            message = f"Probe fault ({leak.probe_fault}): leakage cannot be measured"
+            return [self._fire(leak.t, rule, "critical", 1.0, 1.0, message)]
+        if leak.probe_fault is None and leak.percent is not None and current is not None:
+            return [self._resolve(leak.t, rule, 0.0, "Probe counting normally again")]
         return []
 
-    def _reminders(self, t: float, leak: Leakage) -> list[Alert]:
-        out = []
-        for rule, f in self.firing.items():
-            if f.acked_by is None and t - f.last_sent >= self.rules.repeat_s:
-                value = (leak.percent if rule == "leakage" else leak.rate_pct_min) or 0.0
-                reminder = f"Reminder: {rule.replace('_', ' ')} still firing"
-                out.append(self._send(t, rule, f, value, reminder, "repeat"))
+    def _limits(self, signal: str, t: float, v: float) -> list[Alert]:
+        low, high, hold = self.rules.limits(signal)
+        unit = UNITS[signal]
+        return [
+            *self._sustained(
+                t, f"{signal}_low", v < low, hold, hold, "warning", v, low,
+                f"{_label(signal)} {v:g} {unit} below {low:g} {unit} for {hold:g} s",
+            ),
+            *self._sustained(
+                t, f"{signal}_high", v > high, hold, hold, "warning", v, high,
+                f"{_label(signal)} {v:g} {unit} above {high:g} {unit} for {hold:g} s",
+            ),
+        ]  # fmt: skip
+
+    def _reservoir_drop(self, t: float, v: float) -> list[Alert]:
+        c = self.circuit
+        assert c.pump_on_t is not None
+        if c.reservoir_baseline is None:
+            start, end = (c.pump_on_t + w for w in RESERVOIR_BASELINE_WINDOW_S)
+            if start <= t < end:
+                c.reservoir_early.append(v)
+            elif t >= end and c.reservoir_early:
+                c.reservoir_baseline = statistics.median(c.reservoir_early)
+                c.reservoir_early = []
+            if c.reservoir_baseline is None:
+                return []
+        drop, limit, hold = c.reservoir_baseline - v, self.rules.reservoir_drop_ml, self.rules.reservoir_for_s
+        message = f"Reservoir level fell {drop:.0f} mL from {c.reservoir_baseline:.0f} mL (limit {limit:g} mL): a leak?"
+        return self._sustained(t, "reservoir_drop", drop > limit, hold, hold, "warning", drop, limit, message)
+
+    def check_stale(self, quiet_s: dict[str, float], t: float) -> list[Alert]:
+        """Fire for each signal seen before that has been quiet (by the caller's clock) too long."""
+        out: list[Alert] = []
+        if self.circuit.ended:
+            return out
+        for signal, quiet in quiet_s.items():
+            rule = f"stale_{signal}"
+            limit = self.rules.stale_counts_s if signal == "counts" else self.rules.stale_device_s
+            if rule not in self.firing and quiet > limit:
+                what = "probe counts" if signal == "counts" else f"{_label(signal).lower()} readings"
+                severity: Severity = "critical" if signal == "counts" and self._isolated() else "warning"
+                out.append(self._fire(t, rule, severity, quiet, limit, f"No {what} for {quiet:.0f} s"))
         return out
+
+    def _ischaemia(self, t: float) -> list[Alert]:
+        start = self.circuit.isolation_t
+        if start is None or self.circuit.isolation_end_t is not None:
+            return []
+        minutes = (t - start) / 60
+        warn, limit = self.rules.ischaemia_warn_min, self.rules.ischaemia_limit_min
+        severity: Severity | None = "critical" if minutes >= limit else "warning" if minutes >= warn else None
+        current = self.firing.get("ischaemia")
+        if severity is None or (current is not None and current.severity == severity):
+            return []
+        level = limit if severity == "critical" else warn
+        message = f"Ischaemia time {minutes:.0f} min (limit {limit:g} min)"
+        if current is None:
+            return [self._fire(t, "ischaemia", severity, minutes, level, message)]
+        current.severity, current.threshold, current.severity_since = severity, level, t
+        current.message, current.value, current.acked_by, current.paged = message, minutes, None, False
+        return [self._send(t, "ischaemia", current, minutes, message, "escalated")]
+
+    def _sustained(
+        self,
+        t: float,
+        rule: str,
+        crossed: bool,
+        fire_after: float,
+        clear_after: float,
+        severity: Severity,
+        value: float,
+        threshold: float,
+        message: str,
+    ) -> list[Alert]:
+        """A condition that must hold ``fire_after`` s to fire, and be gone ``clear_after`` s to resolve."""
+        current = self.firing.get(rule)
+        if current is not None:
+            current.value = value
+        if crossed == (current is not None):
+            self._since.pop(rule, None)  # nothing changing
+            return []
+        since = self._since.setdefault(rule, t)
+        if current is None and t - since >= fire_after:
+            del self._since[rule]
+            return [self._fire(t, rule, severity, value, threshold, message)]
+        if current is not None and t - since >= clear_after:
+            del self._since[rule]
+            return [self._resolve(t, rule, value, f"{rule.replace('_', ' ').capitalize()}: back within limits")]
+        return []
+
+    def _isolated(self) -> bool:
+        return self.circuit.isolation_t is not None and self.circuit.isolation_end_t is None
+
+    def _silenced(self, rule: str) -> bool:
+        return any(s.covers(rule) for s in self.silences)
 
     # -- bookkeeping -----------------------------------------------------------------------
 
+    def _new_id(self, rule: str) -> str:
+        self._episodes += 1
+        return f"{self.session}-{rule.split(':')[0]}-{self._episodes}"
+
     def _fire(self, t: float, rule: str, severity: Severity, value: float, threshold: float, msg: str) -> Alert:
-        f = _Firing(self._new_id(rule), severity, threshold, t)
+        f = _Firing(self._new_id(rule), severity, threshold, value, msg, t, t)
         self.firing[rule] = f
         return self._send(t, rule, f, value, msg, "new")
 
     def _send(self, t: float, rule: str, f: _Firing, value: float, message: str, kind: AlertKind) -> Alert:
         f.last_sent = t
-        return _message(t, rule, f, value, message, kind)
+        return _message(t, rule, f, value, message, kind, self._silenced(rule))
 
     def _resolve(self, t: float, rule: str, value: float, message: str) -> Alert:
-        return _message(t, rule, self.firing.pop(rule), value, message, "resolved")
+        return _message(t, rule, self.firing.pop(rule), value, message, "resolved", self._silenced(rule))
+
+    def _resolve_all(self, t: float, which: Any, why: str) -> list[Alert]:
+        return [
+            self._resolve(t, r, f.value, f"Closed, {why}: {f.message}")
+            for r, f in list(self.firing.items())
+            if which(r)
+        ]
 
 
-def _message(t: float, rule: str, f: _Firing, value: float, message: str, kind: AlertKind) -> Alert:
+def _label(signal: str) -> str:
+    return {"counts": "Probe", "flow": "Pump flow", "pressure": "Circuit pressure"}.get(signal, signal.capitalize())
+
+
+def _message(t: float, rule: str, f: _Firing, value: float, message: str, kind: AlertKind, silenced: bool) -> Alert:
     return Alert(
         t=t,
         id=f.id,
@@ -130,6 +360,7 @@ def _message(t: float, rule: str, f: _Firing, value: float, message: str, kind: 
         threshold=f.threshold,
         message=message,
         kind=kind,
+        silenced=silenced or None,
     )
 
 
@@ -139,8 +370,12 @@ def to_state(e: SessionAlerts) -> dict[str, object]:
         "session": e.session,
         "rules": dataclasses.asdict(e.rules),
         "firing": {rule: dataclasses.asdict(f) for rule, f in e.firing.items()},
+        "now": e.now,
+        "circuit": dataclasses.asdict(e.circuit),
+        "last_seen": e.last_seen,
+        "silences": [dataclasses.asdict(s) for s in e.silences],
         "active_levels": sorted(e._active_levels),
-        "rate_since": e._rate_since,
+        "since": e._since,
         "episodes": e._episodes,
     }
 
@@ -148,7 +383,11 @@ def to_state(e: SessionAlerts) -> dict[str, object]:
 def from_state(state: dict[str, Any]) -> SessionAlerts:
     e = SessionAlerts(str(state["session"]), AlertRules(**state["rules"]))
     e.firing = {rule: _Firing(**f) for rule, f in state["firing"].items()}
+    e.now = state["now"]
+    e.circuit = _Circuit(**state["circuit"])
+    e.last_seen = dict(state["last_seen"])
+    e.silences = [_Silence(**s) for s in state["silences"]]
     e._active_levels = set(state["active_levels"])
-    e._rate_since = state["rate_since"]
+    e._since = dict(state["since"])
     e._episodes = int(state["episodes"])
     return e

@@ -154,3 +154,31 @@ def test_email_and_webhooks_for_firing_repeat_escalation_resolve(
     assert mqtt_latency < 2.0
     assert box.messages[0][0] - published < 5.0
     assert not any(path == "/hang" for _, path, _ in hooks)
+
+
+def test_an_unacknowledged_critical_alert_goes_to_the_escalation_channel(
+    stack, services, ids, receiver, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    theatre, session = ids
+    hooks, http_port = receiver
+    base = f"http://127.0.0.1:{http_port}"
+    services(
+        "alerts",
+        ISOPERF_ALERTS_STATE_FILE=str(tmp_path / "state.json"),
+        ISOPERF_ALERTS_WEBHOOKS=json.dumps([{"url": f"{base}/team"}]),
+        ISOPERF_ALERTS_ESCALATION_WEBHOOKS=json.dumps([{"url": f"{base}/oncall"}]),
+    )
+    root, t0 = f"perfusion/{theatre}/{session}", time.time()
+    meta = {"t": t0, "procedure": "IHP", "isotope": "Tc-99m", "weight_kg": 70, "circuit_volume_ml": 220}
+    meta |= {"melphalan_mg_per_kg": 1.0, "thresholds": {"escalate_after_s": 3.0}}
+    publish(stack, f"{root}/meta", meta)
+    publish(stack, f"{root}/leakage", {"t": t0, "state": "monitoring", "percent": 6.0, "ci_low": 5.6, "ci_high": 6.4})
+    # No acknowledgement and no further input: the service's clock escalates after 3 s.
+    oncall = wait_for(lambda: [b for _, path, b in hooks if path == "/oncall"], timeout=20)
+    assert [(b["kind"], b["severity"]) for b in oncall] == [("unacknowledged", "critical")]  # type: ignore[union-attr]
+    publish(
+        stack, f"{root}/leakage", {"t": t0 + 10, "state": "monitoring", "percent": 0.2, "ci_low": 0, "ci_high": 0.5}
+    )
+    wait_for(lambda: [b["kind"] for _, path, b in hooks if path == "/oncall"] == ["unacknowledged", "resolved"])
+    team = [b["kind"] for _, path, b in hooks if path == "/team"]
+    assert team == ["new", "unacknowledged", "resolved"]

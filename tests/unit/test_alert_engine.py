@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from isoperf.schemas import Alert, Leakage
+from isoperf.schemas import Alert, Event, Leakage
 from services.acquisition.simulator import LeakScenario, SimConfig, simulate
 from services.alerts.engine import SessionAlerts
 from services.alerts.rules import AlertRules
@@ -47,11 +47,14 @@ def test_fires_on_the_lower_bound_escalates_eases_and_resolves_with_hysteresis()
     assert alerts[1].threshold == 2.0 and "warning level of 2 %" in alerts[1].message
 
 
-def test_missing_numbers_never_resolve() -> None:
+def test_missing_numbers_never_resolve_and_a_probe_fault_is_an_alert_of_its_own() -> None:
     e = SessionAlerts("s-1", AlertRules())
     feed(e, [leak(0, 3.0)])
-    assert e.on_leakage(Leakage(t=T + 1, state="monitoring", probe_fault="no counts")) == []
+    fault = e.on_leakage(Leakage(t=T + 1, state="monitoring", probe_fault="no counts"))
+    assert [(a.rule, a.kind, a.severity) for a in fault] == [("probe_fault", "new", "critical")]
     assert "leakage" in e.firing
+    back = feed(e, [leak(2, 3.0)])
+    assert [(a.rule, a.kind) for a in back] == [("probe_fault", "resolved")]
 
 
 def test_reminders_until_acknowledged_and_again_after_escalation() -> None:
@@ -106,6 +109,38 @@ def _session_alerts(cfg: SimConfig, seed: int) -> list[Alert]:
 def test_four_hours_without_a_leak_raise_no_leakage_alert() -> None:
     cfg = SimConfig(leak=LeakScenario(release_pct=0.0), perfusion_s=4 * 3600.0)
     assert [a for a in _session_alerts(cfg, 0) if a.rule == "leakage"] == []
+
+
+def _whole_session(cfg: SimConfig, seed: int) -> list[Alert]:
+    """Every event, reading and leakage point of a simulated session through one engine, in time order."""
+    s = simulate(cfg, seed)
+    est = LeakageEstimator()
+    est.set_isotope(cfg.isotope)
+    for ev in s.events:
+        est.add_event(ev.type, ev.t, ev.activity_mbq)
+    engine = SessionAlerts("s", AlertRules())
+    alerts: list[Alert] = []
+    for t, kind, item in s.timeline():
+        if isinstance(item, Event):
+            alerts += engine.on_event(item.type, t)
+            continue
+        alerts += engine.on_reading(kind, t, item.v)
+        if kind == "counts":
+            est.add_counts(t, item.v, cfg.counts_dt_s)
+            for p in est.update():
+                alerts += engine.on_leakage(p)
+    return alerts
+
+
+def test_a_step_to_two_and_a_half_percent_raises_advisory_then_warning_once_and_closes_at_isolation_end() -> None:
+    cfg = dataclasses.replace(SimConfig(), leak=LeakScenario(kind="step", step_pct=2.5))
+    alerts = _whole_session(cfg, 1)
+    leakage = [(a.kind, a.severity) for a in alerts if a.rule == "leakage" and a.kind != "repeat"]
+    assert leakage == [("new", "advisory"), ("escalated", "warning"), ("resolved", "warning")]
+    resolved = next(a for a in alerts if a.kind == "resolved" and a.rule == "leakage")
+    assert resolved.t == cfg.start_t + cfg.isolation_end_at_s and "isolation ended" in resolved.message
+    # The clamps coming off releases 7 % more: expected, so no alarm; the circuit was healthy throughout.
+    assert {a.rule for a in alerts} == {"leakage", "leak_rate"}, "no limit, stale or ischaemia alarm"
 
 
 def test_a_two_percent_step_fires_once_and_does_not_flap() -> None:

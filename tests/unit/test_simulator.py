@@ -20,7 +20,7 @@ def test_timeline_is_in_time_order_with_all_items() -> None:
     times = [t for t, _, _ in items]
     assert times == sorted(times)
     assert len(items) == len(s.events) + sum(len(v) for v in s.readings.values())
-    assert [e.type for e in s.events][:4] == ["session_start", "calibration_dose", "note", "perfusion_dose"]
+    assert [e.type for e in s.events][:4] == ["session_start", "calibration_dose", "isolation_start", "perfusion_dose"]
 
 
 def test_counts_are_poisson_around_the_expected_rate() -> None:

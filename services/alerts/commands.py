@@ -1,0 +1,85 @@
+"""``isoperf ack`` and ``isoperf silence``: acknowledge or silence alerts from the command line.
+
+Both publish on the interface's MQTT topics (QoS 1), exactly as a theatre screen
+would, so the alerts service records them like any other. ``isoperf ack THEATRE
+SESSION`` without an alert id lists what is firing (from InfluxDB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import aiomqtt
+from pydantic import BaseModel
+
+from isoperf.codec import encode
+from isoperf.influx import InfluxClient
+from isoperf.queries import session_where
+from isoperf.schemas import AlertAck, AlertSilence
+from isoperf.settings import ServiceSettings
+from isoperf.topics import Topics, check_id
+from services.alerts.rules import RULE_NAMES
+
+
+async def _publish(settings: ServiceSettings, topic: str, message: BaseModel) -> None:
+    password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+    async with aiomqtt.Client(
+        settings.mqtt_host, settings.mqtt_port, username=settings.mqtt_username, password=password
+    ) as client:
+        await client.publish(topic, encode(message), qos=1)
+
+
+async def firing(settings: ServiceSettings, theatre: str, session: str) -> list[dict[str, object]]:
+    """The alerts of a session whose latest record is ``firing``, one per rule."""
+    q = (
+        "SELECT last(status) AS status, last(id) AS id, last(message) AS message FROM alert "
+        f'WHERE {session_where(theatre, session)} GROUP BY "rule"'
+    )
+    async with InfluxClient(settings) as influx:
+        return [r for r in await influx.rows(q) if r["status"] == "firing"]
+
+
+def ack_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="isoperf ack", description="Acknowledge a firing alert (stops its reminders).")
+    ap.add_argument("theatre")
+    ap.add_argument("session")
+    ap.add_argument("alert_id", nargs="?", help="without it: list the alerts firing in the session")
+    ap.add_argument("--by", help="who acknowledges (name or role), kept in the record")
+    args = ap.parse_args(argv)
+    settings = ServiceSettings()
+    theatre, session = check_id(args.theatre, "theatre"), check_id(args.session, "session")
+    if args.alert_id is None:
+        now = asyncio.run(firing(settings, theatre, session))
+        if not now:
+            print(f"No alert is firing in {theatre}/{session}.")
+        for r in now:
+            print(f"{r['id']}  {r['rule']}: {r['message']}")
+        return 0
+    if not args.by:
+        ap.error("--by is required to acknowledge")
+    ack = AlertAck(t=time.time(), id=args.alert_id, by=args.by)
+    asyncio.run(_publish(settings, Topics(settings.mqtt_root).session(theatre, session, "alert/ack"), ack))
+    print(f"Acknowledgement of {args.alert_id} by {args.by} sent.")
+    return 0
+
+
+def silence_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="isoperf silence", description="Mute an alert rule's notifications in a session for a while."
+    )
+    ap.add_argument("theatre")
+    ap.add_argument("session")
+    ap.add_argument("--rule", choices=sorted(RULE_NAMES), help="one rule (default: every rule of the session)")
+    ap.add_argument("--minutes", type=float, required=True, help="how long; 0 lifts the matching silences")
+    ap.add_argument("--reason", required=True, help="why, kept in the record")
+    ap.add_argument("--by", required=True, help="who silences (name or role), kept in the record")
+    args = ap.parse_args(argv)
+    settings = ServiceSettings()
+    theatre, session = check_id(args.theatre, "theatre"), check_id(args.session, "session")
+    silence = AlertSilence(t=time.time(), rule=args.rule, duration_s=args.minutes * 60, reason=args.reason, by=args.by)
+    asyncio.run(_publish(settings, Topics(settings.mqtt_root).session(theatre, session, "alert/silence"), silence))
+    what = f"rule {args.rule}" if args.rule else "every rule"
+    print(f"Silence of {what} in {theatre}/{session} for {args.minutes:g} min sent.")
+    return 0
