@@ -13,6 +13,7 @@ SERVICES = {
     "recorder": "services.recorder.__main__",
     "leakage": "services.leakage.__main__",
     "alerts": "services.alerts.__main__",
+    "pk": "services.pk.__main__",
 }
 
 
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         from services.leakage.reanalysis import main as reanalyse
 
         return reanalyse(argv[1:])
+    if argv[:1] in (["sample"], ["import-samples"]):
+        from services.pk.commands import import_main, sample_main
+
+        return (sample_main if argv[0] == "sample" else import_main)(argv[1:])
     if argv[:1] in (["ack"], ["silence"]):
         from services.alerts.commands import ack_main, silence_main
 
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--mqtt-port", type=int, default=1883)
     st.add_argument("--influx-port", type=int, default=8086)
     sub.add_parser("reanalyse", help="recompute leakage for a stored session as a separate series (see --help)")
+    sub.add_parser("sample", help="send one lab result (see --help)")
+    sub.add_parser("import-samples", help="send a laboratory's CSV of results, all or nothing (see --help)")
     sub.add_parser("ack", help="acknowledge a firing alert, or list them (see --help)")
     sub.add_parser("silence", help="silence a session's alerts, or one rule, for a while (see --help)")
     demo = sub.add_parser("demo", help="run a whole simulated IHHP session through the real stack")

@@ -24,7 +24,7 @@ from isoperf.queries import count, leakage_caught_up, session_where
 from isoperf.stack import LocalStack, StackError
 from isoperf.topics import Topics
 
-CONSUMERS = ("recorder", "leakage", "alerts")
+CONSUMERS = ("recorder", "leakage", "alerts", "pk")
 
 
 def _spawn(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
@@ -52,15 +52,28 @@ def _describe(leak: dict[str, object]) -> str:
     )
 
 
+def _describe_pk(pk: dict[str, object]) -> str:
+    text = (
+        f"MELPHALAN circuit {pk['circuit_ug_ml']:.1f} ug/mL predicted"
+        f" (95% PI {pk['circuit_low_ug_ml']:.1f} to {pk['circuit_high_ug_ml']:.1f}, {pk['n_circuit']} samples)"
+    )
+    if pk.get("systemic_ug_ml") is not None:
+        text += f"; in the body from the leak {pk['systemic_ug_ml']:.3f} ug/mL ({pk['leaked_mg']:.2f} mg)"
+    return text
+
+
 async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Event) -> None:
     """Print events as they happen and the leakage once per simulated minute."""
     topics = Topics()
     t0: float | None = None
-    next_minute = 0.0
+    time_now = 0.0
+    next_minute = next_pk = 0.0
     async with aiomqtt.Client(stack.host, stack.mqtt_port, identifier=f"isoperf-demo-watch-{os.getpid()}") as client:
         await client.subscribe(topics.session(theatre, session, "event"), qos=1)
         await client.subscribe(topics.session(theatre, session, "leakage"), qos=1)
         await client.subscribe(topics.session(theatre, session, "alert"), qos=1)
+        await client.subscribe(topics.session(theatre, session, "sample"), qos=1)
+        await client.subscribe(topics.session(theatre, session, "pk"), qos=1)
         messages = aiter(client.messages)
         while not done.is_set():
             try:
@@ -70,12 +83,27 @@ async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Ev
             data = decode(message.payload if isinstance(message.payload, bytes) else b"")
             t = float(data["t"])
             t0 = t if t0 is None else t0
+            if not message.topic.value.endswith("/sample"):  # a lab result is stamped with its draw time
+                time_now = max(time_now, t)
             if message.topic.value.endswith("/alert"):
                 if data["status"] == "resolved":
                     what = "RESOLVED"
                 else:
                     what = f"ALERT {str(data['severity']).upper()} ({data.get('kind', 'firing')})"
                 print(f"  {_clock(t, t0)}  {what}: {data['message']}", flush=True)
+            elif message.topic.value.endswith("/sample"):
+                drawn = _clock(t, t0).strip()
+                conc = float(data["melphalan_ug_ml"])
+                print(
+                    f"  {_clock(time_now, t0)}  LAB {data['site']} melphalan {conc:.3g} ug/mL (drawn at {drawn})",
+                    flush=True,
+                )
+                continue
+            elif message.topic.value.endswith("/pk"):
+                if data.get("circuit_ug_ml") is not None and t - t0 >= next_pk:
+                    next_pk = (t - t0) // 300 * 300 + 300
+                    print(f"  {_clock(t, t0)}  {_describe_pk(data)}", flush=True)
+                continue
             elif message.topic.value.endswith("/event"):
                 label = str(data["type"]).replace("_", " ")
                 extra = {k: v for k, v in data.items() if k not in ("t", "type")}
@@ -102,6 +130,19 @@ def _summary(stack: LocalStack, theatre: str, session: str, wall_s: float) -> No
         if r and r[0]["max"] is not None:
             print(f"  {label}   {r[0]['max']:.2f} % (95% CI {r[0]['ci_low']:.2f} to {r[0]['ci_high']:.2f})")
     print(f"  alarms raised        {len(alarms)}" + "".join(f"\n    {a['severity']}: {a['message']}" for a in alarms))
+    pk = stack.rows(f"SELECT * FROM pk WHERE {w} ORDER BY time DESC LIMIT 1")
+    if pk:
+        p = pk[0]
+        print(
+            f"  melphalan, circuit   peak {p['cmax_circuit']:.1f} ug/mL at {p['tmax_circuit_min']:.0f} min,"
+            f" AUC {p['auc_circuit']:.0f} ug*min/mL (linear-up/log-down; linear {p['auc_circuit_linear']:.0f})"
+        )
+        print(f"  melphalan, systemic  peak {p['cmax_systemic']:.3f} ug/mL, AUC {p['auc_systemic']:.2f} ug*min/mL")
+        print(f"  regional/systemic    AUC ratio {p['auc_ratio']:.0f}, peak ratio {p['peak_ratio']:.0f}")
+        print(
+            f"  circuit model        V {p['v_ml']:.0f} +- {p['v_se_ml']:.0f} mL,"
+            f" uptake {p['k_uptake_min']:.4f} +- {p['k_uptake_se_min']:.4f} /min (refitted to {p['n_circuit']} samples)"
+        )
     print(f"  data                 InfluxDB database '{stack.database}' in {stack.directory / 'influxdb'}")
     print(f"  logs                 {stack.directory / 'logs'}")
     print("\nTo look at it again:")
@@ -125,6 +166,19 @@ def _wait_caught_up(stack: LocalStack, theatre: str, session: str, timeout_s: fl
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if leakage_caught_up(stack, theatre, session):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _wait_pk(stack: LocalStack, theatre: str, session: str, timeout_s: float = 30.0) -> bool:
+    """Until the last PK estimate counts every stored lab result."""
+    w = session_where(theatre, session)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stored = count(stack, f"SELECT count(melphalan_ug_ml) FROM sample WHERE {w}")
+        last = stack.rows(f"SELECT n_circuit, n_systemic FROM pk WHERE {w} ORDER BY time DESC LIMIT 1")
+        if stored and last and (last[0]["n_circuit"] or 0) + (last[0]["n_systemic"] or 0) == stored:
             return True
         time.sleep(0.5)
     return False
@@ -180,6 +234,7 @@ def run_demo(args: argparse.Namespace) -> int:
             )
             code = await acq.wait()
             await asyncio.to_thread(_wait_caught_up, stack, theatre, session)
+            await asyncio.to_thread(_wait_pk, stack, theatre, session)
             await asyncio.sleep(0.5)
             done.set()
             await watcher

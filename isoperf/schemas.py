@@ -204,6 +204,45 @@ class AlertAck(_Model):
     by: str = Field(min_length=1, max_length=128)
 
 
+class Pk(_Model):
+    """A pharmacokinetic estimate (topic ``pk``, measurement ``pk``); every figure may be absent.
+
+    Live: the circuit model refitted to the circuit samples (``circuit_ug_ml`` with its 95 %
+    prediction interval), and the systemic concentration implied by the leak. From the lab
+    samples (non-compartmental): ``auc_circuit`` and ``auc_systemic`` by linear-up/log-down
+    (``auc_*_linear`` by the linear trapezoid), peaks, ratios. Times in minutes from the
+    drug start, AUCs in ug*min/mL.
+    """
+
+    t: EventTime
+    circuit_ug_ml: Number | None = None
+    circuit_low_ug_ml: Number | None = None
+    circuit_high_ug_ml: Number | None = None
+    model_auc_circuit: Number | None = None
+    systemic_ug_ml: Number | None = None  # from the leak
+    leaked_mg: Number | None = None
+    leak_auc_systemic: Number | None = None
+    auc_circuit: Number | None = None
+    auc_circuit_linear: Number | None = None
+    auc_circuit_perfusion: Number | None = None  # drug start to drug stop, linear-up/log-down
+    auc_systemic: Number | None = None
+    auc_systemic_linear: Number | None = None
+    cmax_circuit: Number | None = None
+    tmax_circuit_min: Number | None = None
+    cmax_systemic: Number | None = None
+    tmax_systemic_min: Number | None = None
+    systemic_peak_after_isolation: Number | None = None
+    auc_ratio: Number | None = None
+    peak_ratio: Number | None = None
+    v_ml: Number | None = None
+    v_se_ml: Number | None = None
+    k_uptake_min: Number | None = None
+    k_uptake_se_min: Number | None = None
+    n_circuit: int | None = None
+    n_systemic: int | None = None
+    note: str | None = Field(default=None, max_length=500)
+
+
 class AlertSilence(_Model):
     """Extension (topic ``alert/silence``): mute notifications of a session, or of one rule in it,
     for ``duration_s`` from ``t``; a duration of 0 lifts the matching silences."""

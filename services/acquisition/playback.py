@@ -13,10 +13,10 @@ from collections.abc import Iterable
 
 from isoperf.codec import encode
 from isoperf.mqtt import Outbox
-from isoperf.schemas import Event, Reading, ReadingBatch, SessionMeta
+from isoperf.schemas import Event, LabSample, Reading, ReadingBatch, SessionMeta
 from isoperf.topics import Topics
 
-Item = tuple[float, str, Event | Reading]
+Item = tuple[float, str, Event | Reading | LabSample]
 
 
 class Playback:
@@ -44,9 +44,9 @@ class Playback:
     def emit(self, items: Iterable[Item]) -> None:
         batches: dict[str, list[Reading]] = {}
         for _, kind, item in items:
-            if isinstance(item, Event):
+            if isinstance(item, Event | LabSample):
                 self._flush_batches(batches)
-                self.outbox.put(self.topics.session(self.theatre, self.session, "event"), encode(item))
+                self.outbox.put(self.topics.session(self.theatre, self.session, kind), encode(item))
                 self.published_events += 1
             else:
                 batch = batches.setdefault(kind, [])

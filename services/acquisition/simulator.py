@@ -36,7 +36,9 @@ from typing import Literal
 import numpy as np
 
 from isoperf.isotopes import decay_constant_per_s
-from isoperf.schemas import Event, Reading, SessionMeta
+from isoperf.schemas import Event, LabSample, Reading, SessionMeta
+from services.pk.model import Constants, Dose, Schedule, Washout, concentration
+from services.pk.session import systemic_from_leak
 
 LeakKind = Literal["none", "steady", "step"]
 
@@ -106,6 +108,15 @@ class SimConfig:
     temperature_target_c: float = 39.0
     reservoir_ml: float = 150.0
     leak: LeakScenario = field(default_factory=LeakScenario)
+    # Melphalan: this patient's true circuit constants, unlike the model's defaults;
+    # lab results arrive ``lab_delay_s`` after the draw, with a proportional assay error.
+    pk_v_factor: float = 1.1  # true distribution volume / the model's default
+    pk_k_uptake_min: float = 0.013
+    circuit_sample_every_s: float = 300.0
+    systemic_sample_every_s: float = 600.0
+    systemic_samples_after_end_s: tuple[float, ...] = (120.0, 300.0, 600.0)
+    lab_delay_s: float = 600.0
+    assay_cv: float = 0.08
 
     @property
     def drug_stop_at_s(self) -> float:
@@ -133,13 +144,17 @@ class SimulatedSession:
     events: list[Event]
     readings: dict[str, list[tuple[float, float]]]
     truth: list[tuple[float, float]]  # (t, true leakage %) at each counts sample
+    samples: list[tuple[float, LabSample]] = field(default_factory=list)  # (arrival time, lab result)
+    pk_truth: Constants | None = None
 
-    def timeline(self) -> Iterator[tuple[float, str, Event | Reading]]:
-        """Every event and reading in time order, as ``(t, kind, item)``; kind is ``event`` or a signal.
+    def timeline(self) -> Iterator[tuple[float, str, Event | Reading | LabSample]]:
+        """Every event, reading and lab result in time order, as ``(t, kind, item)``; kind is
+        ``event``, ``sample`` (at the time the lab reports it) or a signal.
 
         At equal times an event comes first, as a device would announce it.
         """
-        items: list[tuple[float, int, str, Event | Reading]] = [(e.t, 0, "event", e) for e in self.events]
+        items: list[tuple[float, int, str, Event | Reading | LabSample]] = [(e.t, 0, "event", e) for e in self.events]
+        items.extend((t, 1, "sample", sample) for t, sample in self.samples)
         for signal, samples in self.readings.items():
             dt = self.config.counts_dt_s if signal == "counts" else self.config.vitals_dt_s
             items.extend((t, 1, signal, Reading(t=t, v=v, dt=dt)) for t, v in samples)
@@ -273,4 +288,56 @@ def simulate(cfg: SimConfig, seed: int = 0) -> SimulatedSession:
             "reservoir": pairs(tv, reservoir, 1),
         },
         truth=pairs(tc, truth, 6),
+        samples=_lab_samples(cfg, meta, tc, truth, rng),
+        pk_truth=_pk_truth(cfg, meta),
     )
+
+
+def _pk_truth(cfg: SimConfig, meta: SessionMeta) -> Constants:
+    default = Constants.default(meta.circuit_volume_ml, meta.weight_kg)
+    return Constants(v_ml=default.v_ml * cfg.pk_v_factor, k_uptake_min=cfg.pk_k_uptake_min)
+
+
+def _lab_samples(
+    cfg: SimConfig, meta: SessionMeta, tc: np.ndarray, leak_pct: np.ndarray, rng: np.random.Generator
+) -> list[tuple[float, LabSample]]:
+    """Circuit samples every few minutes from the drug start to the isolation end, systemic ones
+    during the perfusion and after the release; measured with a proportional assay error."""
+    t_drug = cfg.start_t + cfg.drug_start_at_s
+    washout = Washout(
+        (cfg.drug_stop_at_s - cfg.drug_start_at_s) / 60,
+        (cfg.drug_stop_at_s + cfg.washout_s - cfg.drug_start_at_s) / 60,
+        cfg.washout_ml,
+    )
+    dose = Dose(0.0, cfg.melphalan_mg_per_kg * cfg.weight_kg * 1000.0, cfg.infusion_s / 60)
+    schedule, truth = Schedule((dose,), (washout,)), _pk_truth(cfg, meta)
+    end_min = (cfg.isolation_end_at_s - cfg.drug_start_at_s) / 60
+    grid = np.append(np.arange(0.0, end_min, 0.25), end_min)
+    curve = concentration(grid, truth, schedule)
+    minutes = (tc - t_drug) / 60
+    c_sys, _, _ = systemic_from_leak(list(minutes), list(leak_pct), grid, curve, truth.v_ml)
+
+    circuit = np.arange(0.0, end_min * 60 + 1e-9, cfg.circuit_sample_every_s)
+    systemic = np.concatenate(
+        [
+            np.arange(0.0, end_min * 60, cfg.systemic_sample_every_s),
+            end_min * 60 + np.array(cfg.systemic_samples_after_end_s),
+        ]
+    )
+    out = []
+    sites: tuple[tuple[Literal["circuit", "systemic"], np.ndarray], ...] = (
+        ("circuit", circuit),
+        ("systemic", systemic),
+    )
+    for site, offsets in sites:
+        for k, off in enumerate(offsets):
+            t = t_drug + float(off)
+            true = (
+                float(concentration([off / 60], truth, schedule)[0])
+                if site == "circuit"
+                else float(np.interp(off / 60, minutes, c_sys))
+            )
+            measured = round(true * float(np.exp(rng.normal(0.0, cfg.assay_cv))), 4)
+            sample = LabSample(t=round(t, 3), site=site, melphalan_ug_ml=measured, sample_id=f"{site[:3]}-{k + 1:02d}")
+            out.append((round(t + cfg.lab_delay_s, 3), sample))
+    return out

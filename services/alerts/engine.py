@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -337,9 +338,9 @@ class SessionAlerts:
     def _resolve(self, t: float, rule: str, value: float, message: str) -> Alert:
         return _message(t, rule, self.firing.pop(rule), value, message, "resolved", self._silenced(rule))
 
-    def _resolve_all(self, t: float, which: Any, why: str) -> list[Alert]:
+    def _resolve_all(self, t: float, which: Callable[[str], bool], why: str) -> list[Alert]:
         return [
-            self._resolve(t, r, f.value, f"Closed, {why}: {f.message}")
+            self._resolve(t, r, f.value, f"{why.capitalize()}: alert closed (last: {f.message})")
             for r, f in list(self.firing.items())
             if which(r)
         ]

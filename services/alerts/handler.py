@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 
@@ -48,6 +49,7 @@ CRITICAL_SERVICES = ("leakage", "acquisition", "recorder")
 # A session with no input for this long (wall time) is closed and released from memory.
 ABANDONED_AFTER_S = 12 * 3600.0
 ENDED_REMEMBERED = 10_000  # ended sessions whose late messages are ignored
+STATE_VERSION = 2
 
 
 def _critical(service: str) -> bool:
@@ -291,6 +293,7 @@ class AlertsHandler:
     def _state(self) -> str:
         return json.dumps(
             {
+                "version": STATE_VERSION,
                 "sessions": [{"theatre": k[0], **to_state(e)} for k, e in self.sessions.items()],
                 "thresholds": [{"theatre": k[0], "session": k[1], "values": v} for k, v in self.thresholds.items()],
                 "ended": [list(k) for k in self.ended],
@@ -308,7 +311,26 @@ class AlertsHandler:
     def _load(self) -> None:
         if not self.state_file.exists():
             return
-        state = json.loads(self.state_file.read_text())
+        try:
+            self._restore(json.loads(self.state_file.read_text()))
+        except (ValueError, KeyError, TypeError) as exc:
+            # Better alerts raised again as new than no alerts: set the file aside and start afresh.
+            aside = self.state_file.with_name(f"{self.state_file.name}.unreadable-{int(time.time())}")
+            os.replace(self.state_file, aside)
+            log.error(
+                "alert state %s could not be restored (%r); kept as %s, starting afresh: "
+                "alerts still firing will be raised again as new",
+                self.state_file,
+                exc,
+                aside,
+            )
+            self.sessions.clear()
+            self.thresholds.clear()
+            self.ended.clear()
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"state version {state.get('version')!r}, expected {STATE_VERSION}")
         for s in state["sessions"]:
             key = (s["theatre"], s["session"])
             self.sessions[key] = from_state(s)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from isoperf.schemas import Alert, Event, Leakage
+from isoperf.schemas import Alert, Event, LabSample, Leakage
 from services.acquisition.simulator import LeakScenario, SimConfig, simulate
 from services.alerts.engine import SessionAlerts
 from services.alerts.rules import AlertRules
@@ -124,6 +124,8 @@ def _whole_session(cfg: SimConfig, seed: int) -> list[Alert]:
         if isinstance(item, Event):
             alerts += engine.on_event(item.type, t)
             continue
+        if isinstance(item, LabSample):
+            continue
         alerts += engine.on_reading(kind, t, item.v)
         if kind == "counts":
             est.add_counts(t, item.v, cfg.counts_dt_s)
@@ -138,7 +140,9 @@ def test_a_step_to_two_and_a_half_percent_raises_advisory_then_warning_once_and_
     leakage = [(a.kind, a.severity) for a in alerts if a.rule == "leakage" and a.kind != "repeat"]
     assert leakage == [("new", "advisory"), ("escalated", "warning"), ("resolved", "warning")]
     resolved = next(a for a in alerts if a.kind == "resolved" and a.rule == "leakage")
-    assert resolved.t == cfg.start_t + cfg.isolation_end_at_s and "isolation ended" in resolved.message
+    assert resolved.t == cfg.start_t + cfg.isolation_end_at_s and resolved.message.startswith(
+        "Isolation ended: alert closed"
+    )
     # The clamps coming off releases 7 % more: expected, so no alarm; the circuit was healthy throughout.
     assert {a.rule for a in alerts} == {"leakage", "leak_rate"}, "no limit, stale or ischaemia alarm"
 

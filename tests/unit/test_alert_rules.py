@@ -137,7 +137,10 @@ def test_leakage_alerts_close_at_isolation_end_and_everything_at_session_end() -
     e.on_leakage(Leakage(t=T + 60, state="monitoring", percent=3.0, ci_low=2.5, ci_high=3.5))
     e.on_service("recorder/a", False, T + 61, critical=True)
     closed = e.on_event("isolation_end", T + 120)
-    assert kinds(closed) == [("leakage", "resolved")] and "isolation ended" in closed[0].message
+    assert (
+        kinds(closed) == [("leakage", "resolved")]
+        and "Isolation ended: alert closed (last: Leakage 3.00 %" in closed[0].message
+    )
     # The release after the clamps come off is expected: no leakage alarm for it.
     after = e.on_leakage(Leakage(t=T + 300, state="monitoring", percent=9.0, ci_low=8.5, ci_high=9.5))
     assert kinds(after) == [("offline:recorder/a", "unacknowledged")], "only the still-offline recorder"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from isoperf.codec import decode, encode
-from isoperf.schemas import Event, Reading, ReadingBatch
+from isoperf.schemas import Event, Leakage, Reading, ReadingBatch
 from isoperf.topics import Topics
+from services.alerts.handler import AlertsHandler
+from services.alerts.rules import AlertRules
 from services.leakage.estimator import EstimatorParams
 from services.leakage.handler import LeakageHandler
 from services.recorder.handler import RecorderHandler
@@ -123,3 +126,20 @@ async def test_ended_quiet_sessions_leave_memory() -> None:
     now[0] += handler_module.EVICT_ENDED_AFTER_S + 1
     await h.flush()
     assert set(h.sessions) == {("or-1", "s-1")}, "only the ended session is released"
+
+
+async def test_alerts_handler_sets_an_unreadable_state_aside_and_still_alerts(tmp_path: Path) -> None:
+    state = tmp_path / "alerts-state.json"
+    state.write_text(json.dumps({"sessions": [{"theatre": "or-1", "session": "s-1", "firing": {"leakage": {}}}]}))
+    writer, pub = FakeWriter(), FakePublisher()
+    h = AlertsHandler(TOPICS, pub, writer, AlertRules(), state, 1_048_576)  # type: ignore[arg-type]
+    assert not state.exists() and len(list(tmp_path.glob("alerts-state.json.unreadable-*"))) == 1
+    leak = Leakage(t=T, state="monitoring", percent=3.0, ci_low=2.5, ci_high=3.5)
+    await h.handle(TOPICS.session("or-1", "s-1", "leakage"), encode(leak))
+    assert [decode(p)["kind"] for _, p in pub.sent] == ["new"], "published before anything is stored"
+    assert writer.stored == []
+    await h.flush()
+    assert len(writer.stored) == 1 and writer.stored[0].startswith("alert,")
+    saved = json.loads(state.read_text())
+    assert saved["version"] == 2 and saved["sessions"][0]["firing"]["leakage"]["severity"] == "warning"
+    await h.aclose()
