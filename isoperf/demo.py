@@ -55,7 +55,7 @@ def _describe(leak: dict[str, object]) -> str:
 def _describe_pk(pk: dict[str, object]) -> str:
     text = (
         f"MELPHALAN circuit {pk['circuit_ug_ml']:.1f} ug/mL predicted"
-        f" (95% PI {pk['circuit_low_ug_ml']:.1f} to {pk['circuit_high_ug_ml']:.1f}, {pk['n_circuit']} samples)"
+        f" (95% PI {pk['circuit_low_ug_ml']:.1f} to {pk['circuit_high_ug_ml']:.1f}, samples: {pk['n_circuit']})"
     )
     if pk.get("systemic_ug_ml") is not None:
         text += f"; in the body from the leak {pk['systemic_ug_ml']:.3f} ug/mL ({pk['leaked_mg']:.2f} mg)"

@@ -29,6 +29,7 @@ from services.pk.model import Constants, Dose, Fit, Schedule, Washout, concentra
 SYSTEMIC_VOLUME_ML = 40_000.0
 K_SYSTEMIC_MIN = math.log(2) / 75.0
 GRID_STEP_MIN = 0.25
+WASHOUT_FLOW_ML_MIN = 200.0  # IHHP pump flow (shared/domain.md: tens to a few hundred mL/min)
 GRID_HORIZON_MIN = 240.0
 
 
@@ -106,8 +107,14 @@ class PkSession:
         doses = (Dose(0.0, start.dose_mg * 1000.0, duration),)
         w0, w1 = self.events.get("washout_start"), self.events.get("washout_end")
         washouts: tuple[Washout, ...] = ()
-        if w0 is not None and w1 is not None and w0.volume_ml and w1.t > w0.t:
-            washouts = (Washout(self._min(w0.t), self._min(w1.t), w0.volume_ml),)
+        if w0 is not None and w0.volume_ml:
+            # Until its end is known, a washout is taken to run at the usual pump flow.
+            end = (
+                self._min(w1.t)
+                if w1 is not None and w1.t > w0.t
+                else self._min(w0.t) + w0.volume_ml / WASHOUT_FLOW_ML_MIN
+            )
+            washouts = (Washout(self._min(w0.t), end, w0.volume_ml),)
         return Schedule(doses, washouts)
 
     def _isolation_end_min(self) -> float | None:
