@@ -9,13 +9,15 @@ from pathlib import Path
 
 import yaml
 
+from isoperf.cli import SERVICES
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_compose_services_volumes_and_files_exist() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"mosquitto", "influxdb", "recorder", "leakage", "acquisition"} <= set(services)
+    assert {"mosquitto", "influxdb", *SERVICES} <= set(services), "every isoperf service is in the stack"
     volumes = set(compose["volumes"])
     for name, svc in services.items():
         for dep in svc.get("depends_on", {}):
@@ -27,7 +29,7 @@ def test_compose_services_volumes_and_files_exist() -> None:
             else:
                 assert source in volumes, f"{name} uses undeclared volume {source}"
         if name not in ("mosquitto", "influxdb"):
-            assert svc["command"][0] in ("recorder", "leakage", "alerts", "acquisition")
+            assert svc["command"][0] in SERVICES, f"{name} runs an unknown command"
             assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
             assert (ROOT / svc["build"]["dockerfile"]).exists()
 
