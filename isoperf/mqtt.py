@@ -282,11 +282,12 @@ class MqttService:
                     done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                     if receiving in done or stopping in done:
                         break
-                    # The flush finished first: start the next one while still waiting.
+                    # The flush finished first. If the inbox is idle, store what is pending now;
+                    # otherwise the next message decides, so batches stay large under load.
                     assert flushing is not None
                     flushing.result()
                     flushing = None
-                    if pending:
+                    if pending and len(messages) == 0:
                         flushing = asyncio.ensure_future(self._flush_and_ack(client, handler, pending))
                         pending = []
                 if receiving not in done:
