@@ -48,6 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         from services.leakage.reanalysis import main as reanalyse
 
         return reanalyse(argv[1:])
+    if argv[:1] == ["health"]:
+        from isoperf.health import main as health
+
+        return health(argv[1:])
+    if argv[:1] == ["boards"]:
+        from isoperf.boards import main as boards
+
+        return boards(argv[1:])
     if argv[:1] in (["sample"], ["import-samples"]):
         from services.pk.commands import import_main, sample_main
 
@@ -65,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--mqtt-port", type=int, default=1883)
     st.add_argument("--influx-port", type=int, default=8086)
     sub.add_parser("reanalyse", help="recompute leakage for a stored session as a separate series (see --help)")
+    sub.add_parser("health", help="exit 0 if a service's MQTT status is online (container health checks)")
+    sub.add_parser("boards", help="write the Grafana boards, or install them into a Grafana (see --help)")
     sub.add_parser("sample", help="send one lab result (see --help)")
     sub.add_parser("import-samples", help="send a laboratory's CSV of results, all or nothing (see --help)")
     sub.add_parser("ack", help="acknowledge a firing alert, or list them (see --help)")

@@ -1,9 +1,13 @@
-"""Stores every reading, event, lab sample and session metadata published on the bus."""
+"""Stores every reading, event, lab sample and session metadata published on the bus, and every
+service's ``online``/``offline`` status (measurement ``service_status``, stamped on receipt: a
+status carries no time of its own), so boards can show which services are running."""
 
 from __future__ import annotations
 
+import time
+
 from isoperf.codec import decode
-from isoperf.influx import InfluxWriter
+from isoperf.influx import InfluxWriter, line
 from isoperf.points import event_line, reading_lines, sample_line, session_line
 from isoperf.schemas import Event, LabSample, SessionMeta, check_signal_range, parse_reading_payload, readings_of
 from isoperf.topics import Topics
@@ -19,9 +23,22 @@ class RecorderHandler:
         self.stored_readings = 0
 
     def subscriptions(self) -> list[str]:
-        return [self.topics.subscription(k) for k in ("raw/+", "event", "sample", "meta")]
+        return [
+            *(self.topics.subscription(k) for k in ("raw/+", "event", "sample", "meta")),
+            self.topics.status_subscription(),
+        ]
 
     async def handle(self, topic: str, payload: bytes) -> None:
+        service = self.topics.parse_status(topic)
+        if service is not None:
+            status = payload.strip().decode("utf-8", "replace")
+            if status not in ("online", "offline"):
+                raise ValueError(f"status of {service} must be 'online' or 'offline', not {status[:40]!r}")
+            name, instance = service.split("/")
+            self.writer.add(
+                [line("service_status", {"service": name, "instance": instance}, {"status": status}, time.time())]
+            )
+            return
         where = self.topics.parse(topic)
         data = decode(payload, self.max_payload_bytes)
         th, se = where.theatre, where.session
