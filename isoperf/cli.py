@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         from services.leakage.reanalysis import main as reanalyse
 
         return reanalyse(argv[1:])
+    if argv[:1] and argv[0] in ("sessions", "summary", "export", "report"):
+        from isoperf.review_cli import main as review
+
+        return review(argv[0], argv[1:])
     if argv[:1] == ["health"]:
         from isoperf.health import main as health
 
@@ -73,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--mqtt-port", type=int, default=1883)
     st.add_argument("--influx-port", type=int, default=8086)
     sub.add_parser("reanalyse", help="recompute leakage for a stored session as a separate series (see --help)")
+    sub.add_parser("sessions", help="list the stored sessions")
+    sub.add_parser("summary", help="one stored session's figures (see --help)")
+    sub.add_parser("export", help="export a stored session to CSV or Parquet (see --help)")
+    sub.add_parser("report", help="a stored session's report, HTML and PDF (see --help)")
     sub.add_parser("health", help="exit 0 if a service's MQTT status is online (container health checks)")
     sub.add_parser("boards", help="write the Grafana boards, or install them into a Grafana (see --help)")
     sub.add_parser("sample", help="send one lab result (see --help)")

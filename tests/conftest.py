@@ -86,29 +86,40 @@ class ServiceProcess:
         return self.log.read_text(errors="replace")
 
 
-@pytest.fixture
-def services(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
-    """Factory: ``services("leakage", ISOPERF_X="...")`` starts a service process; all stop at teardown."""
-    started: list[ServiceProcess] = []
+class ServiceSet:
+    """Starts service processes against one stack; ``stop_all`` stops those still running."""
 
-    def start(name: str, **extra: str) -> ServiceProcess:
+    def __init__(self, stack: LocalStack, directory: Path) -> None:
+        self.stack, self.directory = stack, directory
+        self.started: list[ServiceProcess] = []
+
+    def start(self, name: str, **extra: str) -> ServiceProcess:
         env = {
             **os.environ,
-            **stack.env(),
-            "ISOPERF_DEADLETTER_DIR": str(tmp_path / "deadletter"),
+            **self.stack.env(),
+            "ISOPERF_DEADLETTER_DIR": str(self.directory / "deadletter"),
+            "ISOPERF_ALERTS_STATE_FILE": str(self.directory / f"alerts-state-{uuid.uuid4().hex[:6]}.json"),
             "ISOPERF_INSTANCE": f"t{uuid.uuid4().hex[:6]}",
             **extra,
         }
-        sp = ServiceProcess(name, env, tmp_path / f"{name}-{len(started)}.log").start()
-        started.append(sp)
+        sp = ServiceProcess(name, env, self.directory / f"{name}-{len(self.started)}.log").start()
+        self.started.append(sp)
         if name != "acquisition":
-            sp.wait_online(stack)
+            sp.wait_online(self.stack)
         return sp
 
-    yield start
-    for sp in started:
-        if sp.alive():
-            sp.stop()
+    def stop_all(self) -> None:
+        for sp in self.started:
+            if sp.alive():
+                sp.stop()
+
+
+@pytest.fixture
+def services(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Factory: ``services("leakage", ISOPERF_X="...")`` starts a service process; all stop at teardown."""
+    started = ServiceSet(stack, tmp_path)
+    yield started.start
+    started.stop_all()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.2) -> object:
