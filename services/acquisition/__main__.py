@@ -50,7 +50,12 @@ async def run(settings: AcquisitionSettings) -> None:
 
     async def play() -> None:
         await playback.run(session.timeline(), cfg.start_t, settings.sim_speed, settings.publish_tick_s, stop)
-        log.info("session played: %d readings, %d events", playback.published_readings, playback.published_events)
+        log.info(
+            "session played: %d readings, %d events, %d lab results",
+            playback.published_readings,
+            playback.published_events,
+            playback.published_samples,
+        )
         stop.set()  # the simulated device has nothing more to say: drain and exit
 
     player = asyncio.create_task(play())

@@ -24,6 +24,7 @@ class Playback:
         self.topics, self.outbox, self.theatre, self.session = topics, outbox, theatre, session
         self.published_readings = 0
         self.published_events = 0
+        self.published_samples = 0
 
     def publish_meta(self, meta: SessionMeta) -> None:
         self.outbox.put(self.topics.session(self.theatre, self.session, "meta"), encode(meta), retain=True)
@@ -47,7 +48,10 @@ class Playback:
             if isinstance(item, Event | LabSample):
                 self._flush_batches(batches)
                 self.outbox.put(self.topics.session(self.theatre, self.session, kind), encode(item))
-                self.published_events += 1
+                if isinstance(item, Event):
+                    self.published_events += 1
+                else:
+                    self.published_samples += 1
             else:
                 batch = batches.setdefault(kind, [])
                 if batch and batch[0].dt != item.dt:
