@@ -228,7 +228,7 @@ def theatre_live() -> dict[str, Any]:
             ],
             [
                 (_signal("flow", "Pump flow, mL/min", "none"), 12, 7),
-                (_signal("pressure", "Circuit pressure, mmHg", "pressurembar"), 12, 7),
+                (_signal("pressure", "Circuit pressure, mmHg", "none"), 12, 7),  # no mmHg unit in Grafana,
             ],
             [
                 (_signal("temperature", "Perfusate temperature", "celsius"), 12, 7),
@@ -237,10 +237,6 @@ def theatre_live() -> dict[str, Any]:
             [(_melphalan(), 24, 9)],
         ]
     )
-    # mmHg has no Grafana unit id of its own; "none" with the unit in the title is honest.
-    for p in panels:
-        if p["title"].startswith("Circuit pressure"):
-            p["fieldConfig"]["defaults"]["unit"] = "none"
     return _dashboard(
         "isoperf-theatre-live",
         "isoperf: theatre live",
