@@ -54,6 +54,8 @@ def test_garbage_on_every_topic_costs_no_valid_reading(stack, services, ids, tmp
     theatre, session = ids
     recorder = services("recorder")
     leakage = services("leakage")
+    alerts = services("alerts")
+    pk = services("pk")
     base = f"perfusion/{theatre}/{session}"
     rng = random.Random(7)
     t0 = 1_767_225_600.0
@@ -70,6 +72,11 @@ def test_garbage_on_every_topic_costs_no_valid_reading(stack, services, ids, tmp
     ]
     topics = [f"{base}/raw/{s}" for s in ("counts", "flow", "pressure", "temperature", "reservoir")]
     topics += [f"{base}/event", f"{base}/sample", f"{base}/meta", f"perfusion/{theatre}/BAD-ID/raw/counts"]
+    # Topics only the derived services take, and a status topic.
+    derived = [f"{base}/leakage", f"{base}/alert/ack", f"{base}/alert/silence", "perfusion/status/recorder/junk"]
+    for topic in derived:
+        for junk in garbage:
+            mosquitto_pub(stack, topic, junk)
     valid = 0
     for i, topic in enumerate(topics):
         for junk in garbage:
@@ -99,8 +106,14 @@ def test_garbage_on_every_topic_costs_no_valid_reading(stack, services, ids, tmp
     ):
         assert reason in reasons
     assert any(int(k["size"]) > 10_000_000 and k["truncated"] for k in kept())  # type: ignore[call-overload]
-    assert recorder.alive() and leakage.alive()
-    assert recorder.stop() == 0 and leakage.stop() == 0
+    # The alerts and pk services kept every bad message aside and still work.
+    for name, topic in (("alerts", f"{base}/alert/silence"), ("pk", f"{base}/sample"), ("alerts", f"{base}/leakage")):
+        wait_for(lambda n=name, tp=topic: tp in (tmp_path / "deadletter" / f"{n}.jsonl").read_text())  # type: ignore[misc]
+    leak = {"t": t0 + 100, "state": "monitoring", "percent": 3.0, "ci_low": 2.6, "ci_high": 3.4}
+    mosquitto_pub(stack, f"{base}/leakage", json.dumps(leak).encode())
+    wait_for(lambda: rows(stack, f"SELECT id FROM alert WHERE {w} AND kind='new'"))
+    assert all(s.alive() for s in (recorder, leakage, alerts, pk))
+    assert [s.stop() for s in (recorder, leakage, alerts, pk)] == [0, 0, 0, 0]
 
 
 def test_sigkill_of_leakage_mid_session_loses_nothing(stack, services, ids) -> None:  # type: ignore[no-untyped-def]
