@@ -100,7 +100,8 @@ async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Ev
                 )
                 continue
             elif message.topic.value.endswith("/pk"):
-                if data.get("circuit_ug_ml") is not None and t - t0 >= next_pk:
+                circuit = data.get("circuit_ug_ml")
+                if isinstance(circuit, float) and circuit > 0 and t - t0 >= next_pk:
                     next_pk = (t - t0) // 300 * 300 + 300
                     print(f"  {_clock(t, t0)}  {_describe_pk(data)}", flush=True)
                 continue
@@ -147,6 +148,8 @@ def _summary(stack: LocalStack, theatre: str, session: str, wall_s: float) -> No
     print(f"  logs                 {stack.directory / 'logs'}")
     print("\nTo look at it again:")
     print(f"  {_isoperf_command()} stack --dir {stack.directory} --influx-port 8086     # in one terminal, then:")
+    print(f"  {_isoperf_command()} summary {theatre} {session}")
+    print(f"  {_isoperf_command()} report {theatre} {session} --pdf          # HTML and PDF report")
     print(
         "  influx -port 8086 -database perfusion -precision rfc3339 -execute "
         f'"SELECT percent, ci_low, ci_high, state FROM leakage WHERE {w}"'
