@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from isoperf.schemas import Alert, Event, LabSample, Leakage
-from services.acquisition.simulator import LeakScenario, SimConfig, simulate
+from services.acquisition.simulator import LeakScenario, SimConfig, SimulatedSession, simulate
 from services.alerts.engine import SessionAlerts
 from services.alerts.rules import AlertRules
 from services.leakage.estimator import LeakageEstimator
@@ -89,13 +89,18 @@ def test_session_thresholds_override_the_defaults() -> None:
         AlertRules().with_thresholds({"panic": 1.0})
 
 
-def _session_alerts(cfg: SimConfig, seed: int) -> list[Alert]:
-    s = simulate(cfg, seed)
+def _estimator(s: SimulatedSession) -> LeakageEstimator:
     est = LeakageEstimator()
-    est.set_isotope(cfg.isotope)
+    est.set_isotope(s.config.isotope)
     for ev in s.events:
         est.add_event(ev.type, ev.t, ev.activity_mbq)
-    engine = SessionAlerts("s", AlertRules())
+    return est
+
+
+def _session_alerts(cfg: SimConfig, seed: int) -> list[Alert]:
+    """Leakage points of a simulated session until the washout, through one engine."""
+    s = simulate(cfg, seed)
+    est, engine = _estimator(s), SessionAlerts("s", AlertRules())
     alerts: list[Alert] = []
     washout = cfg.start_t + cfg.drug_stop_at_s
     for t, v in s.readings["counts"]:
@@ -114,11 +119,7 @@ def test_four_hours_without_a_leak_raise_no_leakage_alert() -> None:
 def _whole_session(cfg: SimConfig, seed: int) -> list[Alert]:
     """Every event, reading and leakage point of a simulated session through one engine, in time order."""
     s = simulate(cfg, seed)
-    est = LeakageEstimator()
-    est.set_isotope(cfg.isotope)
-    for ev in s.events:
-        est.add_event(ev.type, ev.t, ev.activity_mbq)
-    engine = SessionAlerts("s", AlertRules())
+    est, engine = _estimator(s), SessionAlerts("s", AlertRules())
     alerts: list[Alert] = []
     for t, kind, item in s.timeline():
         if isinstance(item, Event):
