@@ -13,16 +13,14 @@ import sys
 
 import aiomqtt
 
+from isoperf.mqtt import tool_client
 from isoperf.settings import ServiceSettings
 from isoperf.topics import Topics
 
 
 async def status(settings: ServiceSettings, service: str, timeout_s: float = 5.0) -> str | None:
     topic = Topics(settings.mqtt_root).status(service, settings.instance)
-    password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
-    async with aiomqtt.Client(
-        settings.mqtt_host, settings.mqtt_port, username=settings.mqtt_username, password=password
-    ) as client:
+    async with tool_client(settings) as client:
         await client.subscribe(topic, qos=1)
         try:
             async with asyncio.timeout(timeout_s):

@@ -36,6 +36,13 @@ from isoperf.topics import Topics
 log = logging.getLogger(__name__)
 
 
+def tool_client(settings: ServiceSettings) -> aiomqtt.Client:
+    """A short-lived client for command-line tools (ack, silence, samples, health checks),
+    with the broker address and credentials of ``settings``."""
+    password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+    return aiomqtt.Client(settings.mqtt_host, settings.mqtt_port, username=settings.mqtt_username, password=password)
+
+
 class Publisher(Protocol):
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None: ...
 

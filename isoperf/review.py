@@ -196,9 +196,12 @@ class Store:
         with tqdm(
             total=len(steps) * 2, desc=f"export {theatre}/{session}", unit="step", disable=not show_progress
         ) as bar:
-            data = self.load(
-                theatre, session, progress=lambda name: (bar.set_postfix_str(f"reading {name}"), bar.update())[1]
-            )
+
+            def reading(name: str) -> None:
+                bar.set_postfix_str(f"reading {name}")
+                bar.update()
+
+            data = self.load(theatre, session, progress=reading)
             bar.update()  # the session metadata
             out_dir.mkdir(parents=True, exist_ok=True)
             written = []

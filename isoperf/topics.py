@@ -64,6 +64,14 @@ class Topics:
             return None
         return topic[len(prefix) :]
 
+    @staticmethod
+    def status_payload(service: str, payload: bytes) -> str:
+        """``online`` or ``offline``; anything else is a ``ValueError`` (bad input, kept aside)."""
+        status = payload.strip().decode("utf-8", "replace")
+        if status not in ("online", "offline"):
+            raise ValueError(f"status of {service} must be 'online' or 'offline', not {status[:40]!r}")
+        return status
+
     def subscription(self, kind: str) -> str:
         """Wildcard filter for one kind across every theatre and session (``raw/+`` for readings)."""
         return f"{self.root}/+/+/{kind}"

@@ -11,11 +11,11 @@ import argparse
 import asyncio
 import time
 
-import aiomqtt
 from pydantic import BaseModel
 
 from isoperf.codec import encode
 from isoperf.influx import InfluxClient
+from isoperf.mqtt import tool_client
 from isoperf.queries import session_where
 from isoperf.schemas import AlertAck, AlertSilence
 from isoperf.settings import ServiceSettings
@@ -24,10 +24,7 @@ from services.alerts.rules import RULE_NAMES
 
 
 async def _publish(settings: ServiceSettings, topic: str, message: BaseModel) -> None:
-    password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
-    async with aiomqtt.Client(
-        settings.mqtt_host, settings.mqtt_port, username=settings.mqtt_username, password=password
-    ) as client:
+    async with tool_client(settings) as client:
         await client.publish(topic, encode(message), qos=1)
 
 

@@ -200,9 +200,7 @@ class AlertsHandler:
     def _on_status(self, service: str, payload: bytes) -> list[tuple[Key, Alert]]:
         if service == self.own_name:
             return []
-        status = payload.strip().decode("utf-8", "replace")
-        if status not in ("online", "offline"):
-            raise ValueError(f"status of {service} must be 'online' or 'offline', not {status[:40]!r}")
+        status = self.topics.status_payload(service, payload)
         if status == "online":
             self.services_seen.add(service)
             self.services_offline.discard(service)

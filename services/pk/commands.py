@@ -18,10 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import aiomqtt
 from pydantic import ValidationError
 
 from isoperf.codec import encode
+from isoperf.mqtt import tool_client
 from isoperf.schemas import LabSample
 from isoperf.settings import ServiceSettings
 from isoperf.topics import Topics, check_id
@@ -101,10 +101,7 @@ def read_csv(lines: Iterable[str], tz: ZoneInfo) -> list[LabSample]:
 
 async def publish_samples(settings: ServiceSettings, theatre: str, session: str, samples: list[LabSample]) -> None:
     topic = Topics(settings.mqtt_root).session(theatre, session, "sample")
-    password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
-    async with aiomqtt.Client(
-        settings.mqtt_host, settings.mqtt_port, username=settings.mqtt_username, password=password
-    ) as client:
+    async with tool_client(settings) as client:
         for s in samples:
             await client.publish(topic, encode(s), qos=1)
 

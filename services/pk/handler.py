@@ -18,12 +18,12 @@ from isoperf.mqtt import Outbox, Publisher
 from isoperf.queries import session_where
 from isoperf.schemas import Event, LabSample, Leakage, Pk, SessionMeta
 from isoperf.topics import Topics
+from services.pk.history import feed, stored_queries
 from services.pk.session import PkSession
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-EVENT_FIELDS = ("label", "type", "activity_mbq", "dose_mg", "mode", "duration_s", "volume_ml", "text")
 
 
 def pk_line(theatre: str, session: str, pk: Pk) -> str:
@@ -107,30 +107,9 @@ class PkHandler:
 
     async def _rebuild(self, key: Key, sess: PkSession) -> None:
         assert self.influx is not None
+        for kind, q in stored_queries(*key).items():
+            feed(sess, kind, await self.influx.rows(q))
         where = session_where(*key)
-        if sess.meta is None:
-            rows = await self.influx.rows(f"SELECT * FROM session WHERE {where} ORDER BY time DESC LIMIT 1")
-            if rows:
-                r = rows[0]
-                names = ("procedure", "isotope", "weight_kg", "circuit_volume_ml", "melphalan_mg_per_kg")
-                sess.set_meta(SessionMeta.model_validate({"t": r["time"] / 1000.0, **{f: r[f] for f in names}}))
-        selected = ", ".join(f'"{f}"' for f in EVENT_FIELDS)
-        for r in await self.influx.rows(f"SELECT {selected} FROM event WHERE {where} ORDER BY time"):
-            fields = {f: r[f] for f in EVENT_FIELDS[1:] if r.get(f) is not None}
-            sess.add_event(Event.model_validate({"t": r["time"] / 1000.0, **fields}))
-        for r in await self.influx.rows(
-            f"SELECT melphalan_ug_ml, sample_id, site FROM sample WHERE {where} ORDER BY time"
-        ):
-            sess.add_sample(
-                LabSample(
-                    t=r["time"] / 1000.0,
-                    site=r["site"],
-                    melphalan_ug_ml=float(r["melphalan_ug_ml"]),
-                    sample_id=r.get("sample_id"),
-                )
-            )
-        for r in await self.influx.rows(f"SELECT percent FROM leakage WHERE {where} ORDER BY time"):
-            sess.add_leakage(r["time"] / 1000.0, float(r["percent"]))
         last = await self.influx.rows(f"SELECT last(v_ml) FROM pk WHERE {where}")
         if last:
             self.last_emit[key] = last[0]["time"] / 1000.0

@@ -31,9 +31,7 @@ class RecorderHandler:
     async def handle(self, topic: str, payload: bytes) -> None:
         service = self.topics.parse_status(topic)
         if service is not None:
-            status = payload.strip().decode("utf-8", "replace")
-            if status not in ("online", "offline"):
-                raise ValueError(f"status of {service} must be 'online' or 'offline', not {status[:40]!r}")
+            status = self.topics.status_payload(service, payload)
             name, instance = service.split("/")
             self.writer.add(
                 [line("service_status", {"service": name, "instance": instance}, {"status": status}, time.time())]

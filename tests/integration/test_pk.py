@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from isoperf.schemas import Event, LabSample, SessionMeta
 from services.acquisition.simulator import SimConfig
+from services.pk.history import feed, stored_queries
 from services.pk.session import PkSession
 from tests.conftest import wait_for
 from tests.helpers import count, rows, where
@@ -42,29 +42,9 @@ def test_a_session_with_a_crash_gives_the_same_figures_as_an_offline_computation
     assert isinstance(final, dict)
 
     # The same inputs, as stored, through the same code offline.
-    m = rows(
-        stack, f"SELECT procedure, isotope, weight_kg, circuit_volume_ml, melphalan_mg_per_kg FROM session WHERE {w}"
-    )[0]
-    offline = PkSession(
-        meta=SessionMeta.model_validate({**{k: v for k, v in m.items() if k != "time"}, "t": m["time"] / 1000})
-    )
-    for r in rows(
-        stack, f"SELECT label, type, dose_mg, mode, duration_s, volume_ml, activity_mbq, text FROM event WHERE {w}"
-    ):
-        fields = {
-            k: r[k]
-            for k in ("dose_mg", "mode", "duration_s", "volume_ml", "activity_mbq", "text")
-            if r.get(k) is not None
-        }
-        offline.add_event(Event.model_validate({"t": r["time"] / 1000, "type": r["type"], **fields}))
-    for r in rows(stack, f"SELECT melphalan_ug_ml, sample_id, site FROM sample WHERE {w}"):
-        offline.add_sample(
-            LabSample(
-                t=r["time"] / 1000, site=r["site"], melphalan_ug_ml=r["melphalan_ug_ml"], sample_id=r["sample_id"]
-            )
-        )
-    for r in rows(stack, f"SELECT percent FROM leakage WHERE {w}"):
-        offline.add_leakage(r["time"] / 1000, r["percent"])
+    offline = PkSession()
+    for kind, q in stored_queries(theatre, session).items():
+        feed(offline, kind, rows(stack, q))
     expected = offline.estimate(final["time"] / 1000)
     assert expected is not None
     for name in (
