@@ -32,11 +32,8 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> dict[s
     if not payload:
         raise DecodeError("empty payload")
     try:
-        if payload[:1] == b"{":
-            data = json.loads(payload)
-        else:
-            # strict_map_key: keys must be str/bytes; bin payloads stay bytes.
-            data = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        # strict_map_key: keys must be str/bytes; bin payloads stay bytes.
+        data = json.loads(payload) if payload[:1] == b"{" else msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise DecodeError(f"not MessagePack or JSON: {exc}") from exc
     if not isinstance(data, dict):

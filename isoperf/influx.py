@@ -10,19 +10,46 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 from collections.abc import Iterable, Mapping
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import aiohttp
 from influxdb_client.client.write.point import Point
 from influxdb_client.domain.write_precision import WritePrecision
 
+from isoperf.backoff import Backoff
 from isoperf.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 FieldValue = float | int | bool | str | None
+Row = dict[str, Any]
+
+
+class LineSink(Protocol):
+    """Where points go: ``add`` buffers lines, ``flush`` returns once they are stored."""
+
+    def add(self, lines: Iterable[str]) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+class RowReader(Protocol):
+    """What reads stored points back: InfluxQL in, rows out (time in epoch ms, tags merged in)."""
+
+    async def rows(self, q: str) -> list[Row]: ...
+
+
+def rows_of(series: list[dict[str, Any]]) -> list[Row]:
+    """Every row of every series of an InfluxQL result as a dict, the series' tags merged in."""
+    out: list[Row] = []
+    for s in series:
+        tags = s.get("tags") or {}
+        for values in s["values"]:
+            row = dict(zip(s["columns"], values, strict=True))
+            row.update(tags)
+            out.append(row)
+    return out
 
 
 def line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldValue], t: float) -> str:
@@ -99,7 +126,7 @@ class InfluxClient:
             return False
 
     async def query(self, q: str, *, database: str | None = None, method: str = "GET") -> list[dict[str, Any]]:
-        """Run InfluxQL; return the series of the first statement as dicts with ``name``, ``tags``, ``columns``, ``values``.
+        """Run InfluxQL; return the first statement's series (dicts of ``name``, ``tags``, ``columns``, ``values``).
 
         Times come back as epoch milliseconds.
         """
@@ -120,16 +147,9 @@ class InfluxClient:
         series: list[dict[str, Any]] = first.get("series", [])
         return series
 
-    async def rows(self, q: str) -> list[dict[str, Any]]:
+    async def rows(self, q: str) -> list[Row]:
         """Run InfluxQL and return every row of every series as a dict (tags merged in)."""
-        out: list[dict[str, Any]] = []
-        for s in await self.query(q):
-            tags = s.get("tags") or {}
-            for values in s["values"]:
-                row = dict(zip(s["columns"], values, strict=True))
-                row.update(tags)
-                out.append(row)
-        return out
+        return rows_of(await self.query(q))
 
     async def create_database(self) -> None:
         await self.query(f'CREATE DATABASE "{self.database}"', database="", method="POST")
@@ -184,7 +204,7 @@ class InfluxWriter:
                 left -= len(batch)
 
     async def _write_with_retry(self, batch: list[str]) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, self._max_backoff_s)
         while True:
             try:
                 await self._client.write_lines(batch)
@@ -197,6 +217,6 @@ class InfluxWriter:
                 log.error("InfluxDB refused a batch of %d lines: %s", len(batch), exc)
                 return
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                delay = backoff.next_delay()
                 log.warning("InfluxDB write failed (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self._max_backoff_s)
+                await asyncio.sleep(delay)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
-from isoperf.influx import line
-from isoperf.schemas import Event, LabSample, Leakage, Reading, SessionMeta
+from isoperf.influx import FieldValue, line
+from isoperf.schemas import Alert, AlertAck, AlertSilence, Event, LabSample, Leakage, Pk, Reading, SessionMeta
 
 
 def _tags(theatre: str, session: str, **extra: str) -> dict[str, str]:
@@ -25,7 +25,7 @@ def reading_lines(theatre: str, session: str, signal: str, readings: list[Readin
 
 
 def event_line(theatre: str, session: str, event: Event) -> str:
-    fields = event.model_dump(exclude={"t", "type"}, exclude_none=True)
+    fields = event.model_dump(exclude={"t", "type", "seq"}, exclude_none=True)
     fields["label"] = event.label()  # always present: an event may have no other field
     return line("event", _tags(theatre, session, type=event.type), fields, event.t)
 
@@ -50,3 +50,44 @@ def session_line(theatre: str, session: str, meta: SessionMeta) -> str:
 
 def leakage_line(theatre: str, session: str, leakage: Leakage) -> str:
     return line("leakage", _tags(theatre, session), leakage.model_dump(exclude={"t"}), leakage.t)
+
+
+def pk_line(theatre: str, session: str, pk: Pk) -> str:
+    return line("pk", _tags(theatre, session), pk.model_dump(exclude={"t"}), pk.t)
+
+
+def alert_line(theatre: str, session: str, a: Alert) -> str:
+    fields: dict[str, FieldValue] = {
+        "status": a.status,
+        "value": a.value,
+        "threshold": a.threshold,
+        "message": a.message,
+        "id": a.id,
+        "kind": a.kind,
+        "silenced": bool(a.silenced),
+    }
+    return line("alert", _tags(theatre, session, rule=a.rule, severity=a.severity), fields, a.t)
+
+
+def alert_ack_line(theatre: str, session: str, ack: AlertAck, matched: bool) -> str:
+    """Extension: every acknowledgement, ``matched`` false when no such alert was firing."""
+    fields: dict[str, FieldValue] = {"id": ack.id, "acknowledged_by": ack.by, "matched": matched}
+    return line("alert_ack", _tags(theatre, session), fields, ack.t)
+
+
+def alert_silence_line(theatre: str, session: str, s: AlertSilence) -> str:
+    """Extension: every silence, with its reason and who set it."""
+    fields: dict[str, FieldValue] = {
+        "duration_s": s.duration_s,
+        "until": s.t + s.duration_s,
+        "reason": s.reason,
+        "silenced_by": s.by,
+    }
+    return line("alert_silence", _tags(theatre, session, rule=s.rule or "*"), fields, s.t)
+
+
+def service_status_line(service: str, online: bool, t: float) -> str:
+    """Extension: a service instance's status (``service/instance``), stamped on receipt."""
+    name, instance = service.split("/")
+    status = "online" if online else "offline"
+    return line("service_status", {"service": name, "instance": instance}, {"status": status}, t)

@@ -26,6 +26,9 @@ T_MAX = 4_102_444_800.0
 EventTime = Annotated[float, Field(strict=True, ge=T_MIN, le=T_MAX)]
 # Numbers must arrive as numbers: "12" or true is a wrong type, not a reading.
 Number = Annotated[float, Field(strict=True)]
+# Extension: the sending gateway's journal sequence number, echoed by the recorder (topic ``stored``)
+# once the message is stored, so that the gateway may forget it (end-to-end confirmation).
+JournalSeq = Annotated[int | None, Field(default=None, ge=1)]
 
 Signal = Literal["counts", "flow", "pressure", "temperature", "reservoir"]
 SIGNALS: tuple[Signal, ...] = ("counts", "flow", "pressure", "temperature", "reservoir")
@@ -81,6 +84,7 @@ class ReadingBatch(_Model):
 
     samples: list[tuple[EventTime, Number]] = Field(min_length=1, max_length=100_000)
     dt: float = Field(strict=True, default=1.0, gt=0.0, le=3600.0)
+    seq: JournalSeq = None
 
 
 def readings_of(payload: Reading | ReadingBatch) -> list[Reading]:
@@ -108,6 +112,7 @@ class SessionMeta(_Model):
     circuit_volume_ml: float = Field(strict=True, gt=0.0, le=20_000.0)
     melphalan_mg_per_kg: float = Field(strict=True, gt=0.0, le=10.0)
     thresholds: dict[str, float] | None = None
+    seq: JournalSeq = None
 
     @field_validator("thresholds")
     @classmethod
@@ -128,6 +133,7 @@ class Event(_Model):
     duration_s: float | None = Field(strict=True, default=None, gt=0.0, le=86_400.0)
     volume_ml: float | None = Field(strict=True, default=None, gt=0.0, le=100_000.0)
     text: str | None = Field(default=None, max_length=2_000)
+    seq: JournalSeq = None
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> Event:
@@ -167,6 +173,7 @@ class LabSample(_Model):
     site: Literal["circuit", "systemic"]
     melphalan_ug_ml: float = Field(strict=True, ge=0.0, le=10_000.0)
     sample_id: str | None = Field(default=None, max_length=128)
+    seq: JournalSeq = None
 
 
 class Leakage(_Model):
@@ -259,3 +266,28 @@ def parse_reading_payload(data: Any) -> Reading | ReadingBatch:
     if isinstance(data, dict) and "samples" in data:
         return ReadingBatch.model_validate(data)
     return Reading.model_validate(data)
+
+
+class Stored(_Model):
+    """Extension (topic ``stored``): the recorder has stored these journal sequence numbers of the
+    session (inclusive ranges); ``t`` is when (the recorder's clock)."""
+
+    t: EventTime
+    seqs: list[tuple[int, int]] = Field(min_length=1, max_length=100_000)
+
+
+# The one table of session messages: a topic ``{root}/{theatre}/{session}/{kind}`` carries the model
+# named here, and every service validates and dead-letters it through ``isoperf.messages.parse``.
+# Readings (``raw/{signal}``) and service status (``{root}/status/...``) are the two kinds outside it:
+# the first is named by its signal, the second is plain text.
+SESSION_MESSAGES: dict[str, type[BaseModel]] = {
+    "meta": SessionMeta,
+    "event": Event,
+    "sample": LabSample,
+    "leakage": Leakage,
+    "pk": Pk,
+    "alert": Alert,
+    "alert/ack": AlertAck,
+    "alert/silence": AlertSilence,
+    "stored": Stored,
+}

@@ -5,11 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from isoperf.schemas import SIGNALS
+from isoperf.schemas import SESSION_MESSAGES, SIGNALS
 
 _ID = re.compile(r"[a-z0-9-]{1,64}")
-# The kinds of message a session topic carries, after {root}/{theatre}/{session}/.
-SESSION_KINDS = ("meta", "event", "sample", "leakage", "pk", "alert", "alert/ack", "alert/silence")
 
 
 class TopicError(ValueError):
@@ -25,7 +23,7 @@ def check_id(value: str, what: str = "id") -> str:
 
 @dataclass(frozen=True)
 class SessionTopic:
-    """A parsed session topic: ``kind`` is ``raw`` (with ``signal``) or one of SESSION_KINDS."""
+    """A parsed session topic: ``kind`` is ``raw`` (with ``signal``) or one of SESSION_MESSAGES."""
 
     theatre: str
     session: str
@@ -42,7 +40,7 @@ class Topics:
         self.root = root
 
     def session(self, theatre: str, session: str, kind: str) -> str:
-        if kind not in SESSION_KINDS:
+        if kind not in SESSION_MESSAGES:
             raise ValueError(f"unknown topic kind {kind!r}")
         return f"{self.root}/{check_id(theatre, 'theatre')}/{check_id(session, 'session')}/{kind}"
 
@@ -95,6 +93,6 @@ class Topics:
                 raise TopicError(f"unknown signal {rest[1]!r} in {topic!r}")
             return SessionTopic(theatre, session, "raw", rest[1])
         kind = "/".join(rest)
-        if kind not in SESSION_KINDS:
+        if kind not in SESSION_MESSAGES:
             raise TopicError(f"unknown kind {kind!r} in {topic!r}")
         return SessionTopic(theatre, session, kind)

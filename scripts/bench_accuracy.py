@@ -149,7 +149,10 @@ def main() -> None:
     seeds = range(args.seeds)
     started = time.monotonic()
     lines = [
-        "| scenario | abs error median | abs error p95 | 95 % interval coverage | delay to confident 1 % | delay to confident 2 % |",
+        (
+            "| scenario | abs error median | abs error p95 | 95 % interval coverage "
+            "| delay to confident 1 % | delay to confident 2 % |"
+        ),
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for sc in scenarios():

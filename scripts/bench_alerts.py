@@ -23,12 +23,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 
 from isoperf.codec import decode, encode
 from isoperf.schemas import Reading, ReadingBatch
-from isoperf.stack import LocalStack
+from isoperf.tools.stack import LocalStack
 from services.acquisition.simulator import LeakScenario, SimConfig, SimulatedSession, simulate
 
 START_T = 1_767_225_600.0
@@ -46,7 +47,7 @@ def _spawn(stack: LocalStack, name: str, logs: Path) -> subprocess.Popen[bytes]:
     }
     with (logs / f"{name}.log").open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "isoperf.cli", name], env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "isoperf.tools.cli", name], env=env, stdout=out, stderr=subprocess.STDOUT
         )
 
 
@@ -74,7 +75,7 @@ async def load(client: aiomqtt.Client, sessions: dict[str, SimulatedSession], st
         await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
 
 
-def _payload(message: aiomqtt.Message) -> dict[str, object]:
+def _payload(message: aiomqtt.Message) -> dict[str, Any]:
     return decode(message.payload if isinstance(message.payload, bytes) else b"")
 
 
@@ -90,7 +91,7 @@ async def probe(client: aiomqtt.Client, rounds: int) -> list[float]:
     messages = aiter(client.messages)
     # The fast-forward is a backlog of 1,300 leakage points: let it clear before measuring.
     while not (backlog := await anext(messages)).topic.matches(f"{base}/leakage") or (
-        float(_payload(backlog)["t"]) < START_T + FAST_FORWARD_S - 1  # type: ignore[arg-type]
+        float(_payload(backlog)["t"]) < START_T + FAST_FORWARD_S - 1
     ):
         pass
     await client.unsubscribe(f"{base}/leakage")
@@ -161,7 +162,8 @@ def main() -> None:
     print(f"\nisoperf alert latency ({os.cpu_count()} cores), {args.theatres} theatres playing in real time")
     print(f"  reading that lifts the lower bound over 1 % -> 'new' alert on MQTT, {len(lat)} rounds:")
     print(
-        f"  median {statistics.median(lat) * 1000:.1f} ms, p99 {lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000:.1f} ms,"
+        f"  median {statistics.median(lat) * 1000:.1f} ms,"
+        f" p99 {lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000:.1f} ms,"
         f" max {lat[-1] * 1000:.1f} ms"
     )
     print(f"  rounds over 100 ms: {', '.join(slow) or 'none'}")

@@ -31,7 +31,7 @@ import aiomqtt
 from isoperf.codec import decode, encode
 from isoperf.queries import count
 from isoperf.schemas import Reading
-from isoperf.stack import LocalStack
+from isoperf.tools.stack import LocalStack
 
 READINGS_PER_SESSION = 3960 * 5
 
@@ -43,7 +43,10 @@ def _env(stack: LocalStack, **extra: str) -> dict[str, str]:
 def _spawn(stack: LocalStack, name: str, log: Path, **extra: str) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "isoperf.cli", name], env=_env(stack, **extra), stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "isoperf.tools.cli", name],
+            env=_env(stack, **extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 

@@ -20,9 +20,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from isoperf.domain.melphalan import concentration
 from isoperf.schemas import Event, LabSample
 from services.acquisition.simulator import SimConfig, simulate
-from services.pk.model import concentration
 from services.pk.session import PkSession
 
 
@@ -90,8 +90,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out)
     print(
-        f"wrote {args.out}; refitted V {fit.constants.v_ml:.0f} +- {fit.v_se_ml:.0f} mL (true {s.pk_truth.v_ml if s.pk_truth else 0:.0f}),"
-        f" uptake {fit.constants.k_uptake_min:.4f} +- {fit.k_uptake_se_min:.4f} /min (true {s.pk_truth.k_uptake_min if s.pk_truth else 0:.4f})"
+        f"wrote {args.out}; refitted V {fit.constants.v_ml:.0f} +- {fit.v_se_ml:.0f} mL"
+        f" (true {s.pk_truth.v_ml if s.pk_truth else 0:.0f}),"
+        f" uptake {fit.constants.k_uptake_min:.4f} +- {fit.k_uptake_se_min:.4f} /min"
+        f" (true {s.pk_truth.k_uptake_min if s.pk_truth else 0:.4f})"
     )
 
 

@@ -11,10 +11,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
-from isoperf.stack import LocalStack
+from isoperf.tools.stack import LocalStack
+from tests.stack import ControlledStack
+
+T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
@@ -32,8 +36,8 @@ def no_unexpected_exceptions(caplog: pytest.LogCaptureFixture, request: pytest.F
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(tmp_path_factory.mktemp("stack")) as s:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlledStack]:
+    with ControlledStack(tmp_path_factory.mktemp("stack")) as s:
         yield s
 
 
@@ -54,7 +58,10 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "isoperf.cli", self.name], env=self.env, stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "isoperf.tools.cli", self.name],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         return self
 
@@ -98,6 +105,7 @@ class ServiceSet:
             **os.environ,
             **self.stack.env(),
             "ISOPERF_DEADLETTER_DIR": str(self.directory / "deadletter"),
+            "ISOPERF_JOURNAL_DIR": str(self.directory / "journal"),
             "ISOPERF_ALERTS_STATE_FILE": str(self.directory / f"alerts-state-{uuid.uuid4().hex[:6]}.json"),
             "ISOPERF_INSTANCE": f"t{uuid.uuid4().hex[:6]}",
             **extra,
@@ -113,16 +121,26 @@ class ServiceSet:
             if sp.alive():
                 sp.stop()
 
+    def tracebacks(self) -> list[str]:
+        """The services whose logs hold a traceback: an exception production code did not handle or expect."""
+        return [f"{sp.name} ({sp.log})" for sp in self.started if "Traceback (most recent call last)" in sp.output()]
+
 
 @pytest.fixture
-def services(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
-    """Factory: ``services("leakage", ISOPERF_X="...")`` starts a service process; all stop at teardown."""
+def services(
+    stack: LocalStack, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., ServiceProcess]]:
+    """Factory: ``services("leakage", ISOPERF_X="...")`` starts a service process; all stop at teardown,
+    and a traceback in any of their logs fails the test (unless it is marked ``allow_logged_errors``)."""
     started = ServiceSet(stack, tmp_path)
     yield started.start
     started.stop_all()
+    if not request.node.get_closest_marker("allow_logged_errors"):
+        bad = started.tracebacks()
+        assert not bad, f"a traceback in the log of {', '.join(bad)}"
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.2) -> object:
+def wait_for(predicate: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2) -> T:
     """Poll until ``predicate()`` is truthy; return its value or fail with a clear message."""
     deadline = time.monotonic() + timeout
     while True:

@@ -6,7 +6,7 @@ import subprocess
 from typing import Any
 
 from isoperf.queries import count, session_where
-from isoperf.stack import LocalStack, find_binary
+from isoperf.tools.stack import LocalStack, find_binary
 
 where = session_where
 __all__ = ["count", "mosquitto_pub", "rows", "settled", "where"]

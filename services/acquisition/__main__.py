@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 
 from isoperf.lifecycle import configure_logging, stop_on_signals
-from isoperf.mqtt import MqttService, Outbox
+from isoperf.runtime import ServiceLoop
+from isoperf.service import source_for
+from isoperf.topics import Topics
+from services.acquisition.gateway import Gateway
+from services.acquisition.journal import Journal
 from services.acquisition.playback import Playback
 from services.acquisition.settings import AcquisitionSettings
 from services.acquisition.simulator import SimulatedSession, simulate
@@ -15,11 +20,9 @@ from services.acquisition.simulator import SimulatedSession, simulate
 log = logging.getLogger(__name__)
 
 
-def write_truth(session: SimulatedSession, path: object) -> None:
+def write_truth(session: SimulatedSession, path: Path) -> None:
     """The simulated truth goes to a file of its own, never onto a clinical topic."""
-    from pathlib import Path
-
-    p = Path(str(path))
+    p = path
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("w", encoding="utf-8") as f:
         for t, pct in session.truth:
@@ -33,9 +36,17 @@ async def run(settings: AcquisitionSettings) -> None:
     session = simulate(cfg, settings.sim_seed)
     if settings.sim_truth_file is not None:
         write_truth(session, settings.sim_truth_file)
-    outbox = Outbox()
-    mqtt = MqttService(settings, "acquisition", outbox=outbox)
-    playback = Playback(mqtt.topics, outbox, settings.theatre, settings.session)
+    topics = Topics(settings.mqtt_root)
+    journal_file = settings.journal_dir / f"{settings.theatre}.sqlite"
+    journal = Journal(journal_file, settings.journal_max_bytes, sync_full=settings.journal_sync_full)
+    gateway = Gateway(journal, topics, settings.theatre, settings.journal_resend_after_s)
+    backlog = journal.backlog()
+    if backlog.messages:
+        log.info(
+            "journal %s holds %d unconfirmed messages from before: sending them first", journal.path, backlog.messages
+        )
+    loop = ServiceLoop(settings, "acquisition", source_for(settings, "acquisition"), handler=gateway, sender=gateway)
+    playback = Playback(topics, gateway, settings.theatre, settings.session)
     log.info(
         "simulating %s session %s/%s: %s, leak %s, %.0f min at speed %g",
         cfg.procedure,
@@ -51,16 +62,27 @@ async def run(settings: AcquisitionSettings) -> None:
     async def play() -> None:
         await playback.run(session.timeline(), cfg.start_t, settings.sim_speed, settings.publish_tick_s, stop)
         log.info(
-            "session played: %d readings, %d events, %d lab results",
+            "session played: %d readings, %d events, %d lab results; waiting for the recorder to confirm them",
             playback.published_readings,
             playback.published_events,
             playback.published_samples,
         )
-        stop.set()  # the simulated device has nothing more to say: drain and exit
+        try:
+            async with asyncio.timeout(settings.journal_drain_s):
+                await gateway.wait_empty()
+        except TimeoutError:
+            log.warning(
+                "%d messages unconfirmed after %.0f s: kept in %s", len(gateway), settings.journal_drain_s, journal.path
+            )
+        stop.set()  # the simulated device has nothing more to say: exit
 
     player = asyncio.create_task(play())
-    await mqtt.run(stop)
-    await player
+    try:
+        await loop.run(stop)
+    finally:
+        player.cancel()
+        journal.close()
+    log.info("acquisition stopped: %d messages published, %d confirmed stored", gateway.published, gateway.confirmed)
 
 
 def main() -> None:

@@ -11,23 +11,24 @@ import asyncio
 import time
 from collections.abc import Iterable
 
-from isoperf.codec import encode
-from isoperf.mqtt import Outbox
+from isoperf.backoff import wait_or_stop
 from isoperf.schemas import Event, LabSample, Reading, ReadingBatch, SessionMeta
 from isoperf.topics import Topics
+from services.acquisition.gateway import Gateway, Outgoing
 
 Item = tuple[float, str, Event | Reading | LabSample]
 
 
 class Playback:
-    def __init__(self, topics: Topics, outbox: Outbox, theatre: str, session: str) -> None:
-        self.topics, self.outbox, self.theatre, self.session = topics, outbox, theatre, session
+    def __init__(self, topics: Topics, gateway: Gateway, theatre: str, session: str) -> None:
+        self.topics, self.gateway, self.theatre, self.session = topics, gateway, theatre, session
         self.published_readings = 0
         self.published_events = 0
         self.published_samples = 0
+        self._out: list[Outgoing] = []
 
     def publish_meta(self, meta: SessionMeta) -> None:
-        self.outbox.put(self.topics.session(self.theatre, self.session, "meta"), encode(meta), retain=True)
+        self.gateway.put([(self.topics.session(self.theatre, self.session, "meta"), meta, True)])
 
     def _flush_batches(self, batches: dict[str, list[Reading]]) -> None:
         for signal, readings in batches.items():
@@ -35,10 +36,11 @@ class Playback:
                 continue
             topic = self.topics.raw(self.theatre, self.session, signal)
             if len(readings) == 1:
-                payload = encode(readings[0])
+                self._out.append((topic, readings[0], False))
             else:
-                payload = encode(ReadingBatch(samples=[(r.t, r.v) for r in readings], dt=readings[0].dt))
-            self.outbox.put(topic, payload)
+                self._out.append(
+                    (topic, ReadingBatch(samples=[(r.t, r.v) for r in readings], dt=readings[0].dt), False)
+                )
             self.published_readings += len(readings)
         batches.clear()
 
@@ -47,7 +49,7 @@ class Playback:
         for _, kind, item in items:
             if isinstance(item, Event | LabSample):
                 self._flush_batches(batches)
-                self.outbox.put(self.topics.session(self.theatre, self.session, kind), encode(item))
+                self._out.append((self.topics.session(self.theatre, self.session, kind), item, False))
                 if isinstance(item, Event):
                     self.published_events += 1
                 else:
@@ -59,37 +61,29 @@ class Playback:
                     batch = batches.setdefault(kind, [])
                 batch.append(item)
         self._flush_batches(batches)
+        if self._out:
+            self.gateway.put(self._out)
+            self._out = []
 
     async def run(self, timeline: Iterable[Item], t0: float, speed: float, tick_s: float, stop: asyncio.Event) -> None:
         """Emit items when they are due: item time ``t`` is due ``(t - t0) / speed`` after start.
 
-        A speed of 0 emits as fast as the outbox drains (keeping it short, so a
-        run never holds the whole session in memory unsent).
+        A speed of 0 emits as fast as the broker takes it (the journal holds at most a few
+        hundred messages not yet published).
         """
         start = time.monotonic()
         pending: list[Item] = []
         it = iter(timeline)
         nxt = next(it, None)
         while nxt is not None and not stop.is_set():
-            if speed > 0:
-                horizon = t0 + (time.monotonic() - start + tick_s) * speed
-            else:
-                horizon = nxt[0] + 60.0  # one simulated minute per tick
+            # Paced by the speed, or one simulated minute per tick as fast as the outbox drains.
+            horizon = t0 + (time.monotonic() - start + tick_s) * speed if speed > 0 else nxt[0] + 60.0
             while nxt is not None and nxt[0] <= horizon:
                 pending.append(nxt)
                 nxt = next(it, None)
             self.emit(pending)
             pending.clear()
             if speed > 0:
-                await _wait(stop, tick_s)
+                await wait_or_stop(stop, tick_s)
             else:
-                while len(self.outbox) > 200 and not stop.is_set():
-                    await asyncio.sleep(0.005)
-                await asyncio.sleep(0)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
+                await self.gateway.wait_below(200)

@@ -36,6 +36,14 @@ class AcquisitionSettings(ServiceSettings):
     sim_start_t: float | None = None  # default: now
     sim_truth_file: Path | None = None  # where to write the true leakage (tests, benchmarks)
     publish_tick_s: float = Field(default=0.25, gt=0)
+    # Store and forward: the journal file, its bound, and how long an unconfirmed message waits before
+    # it is sent again; how long the gateway waits at the end of a played session for confirmations.
+    journal_dir: Path = Path(".isoperf/journal")  # one file per theatre: {journal_dir}/{theatre}.sqlite
+    journal_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    journal_warn_fraction: float = Field(default=0.8, gt=0, lt=1)
+    journal_sync_full: bool = False
+    journal_resend_after_s: float = Field(default=30.0, gt=0)
+    journal_drain_s: float = Field(default=300.0, ge=0)
 
     @field_validator("theatre", "session")
     @classmethod

@@ -20,7 +20,7 @@ the body), ``S`` the shine-through step as seen right after the circuit dose,
 Counts in an interval ``dt`` are Poisson with mean ``rate * dt``.
 
 Timeline (defaults, seconds from session start), after the IHHP series in
-shared/domain.md: 5 min background; calibration dose; isolation and circuit at
+docs/clinical-background.md: 5 min background; calibration dose; isolation and circuit at
 16 min; circuit tracer at 17 min; melphalan 1 mg/kg as a 10-minute infusion at
 20 min; 25 minutes of drug perfusion; a 1 L washout; clamps off; 15 minutes of
 observation after release.
@@ -35,10 +35,9 @@ from typing import Literal
 
 import numpy as np
 
-from isoperf.isotopes import decay_constant_per_s
+from isoperf.domain.isotopes import decay_constant_per_s
+from isoperf.domain.melphalan import Constants, Dose, Schedule, Washout, concentration, systemic_from_leak
 from isoperf.schemas import Event, LabSample, Reading, SessionMeta
-from services.pk.model import Constants, Dose, Schedule, Washout, concentration
-from services.pk.session import systemic_from_leak
 
 LeakKind = Literal["none", "steady", "step"]
 

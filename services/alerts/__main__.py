@@ -2,78 +2,29 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import aiohttp
-from pydantic import BaseModel, Field, SecretStr
-
-from isoperf.runner import main_for
-from isoperf.settings import ServiceSettings
-from services.alerts.channels import Channel, EmailChannel, Notifier, SmtpConfig, WebhookChannel, WebhookFormat
+from isoperf.service import Wiring, main_for
+from services.alerts.channels import Notifier
 from services.alerts.handler import AlertsHandler
 from services.alerts.rules import AlertRules
-
-
-class WebhookTarget(BaseModel):
-    url: str
-    format: WebhookFormat = "generic"
-
-
-class AlertsSettings(ServiceSettings):
-    alerts_state_file: Path = Path(".isoperf/alerts-state.json")
-    alerts_rules_file: Path | None = None  # TOML: name = value, the names of AlertRules
-    alerts_webhooks: list[WebhookTarget] = Field(default_factory=list)  # JSON: [{"url": "...", "format": "slack"}]
-    # Where an unacknowledged critical alert goes as well (the on-call phone, a second team).
-    alerts_escalation_webhooks: list[WebhookTarget] = Field(default_factory=list)
-    alerts_escalation_smtp_to: list[str] = Field(default_factory=list)
-    alerts_smtp_host: str | None = None
-    alerts_smtp_port: int = 25
-    alerts_smtp_username: str | None = None
-    alerts_smtp_password: SecretStr | None = None
-    alerts_smtp_starttls: bool = False
-    alerts_smtp_from: str = "isoperf@localhost"
-    alerts_smtp_to: list[str] = Field(default_factory=list)  # JSON: ["perfusion-team@hospital.example"]
-
-    def channels(self, session: aiohttp.ClientSession, *, escalation: bool = False) -> list[Channel]:
-        hooks = self.alerts_escalation_webhooks if escalation else self.alerts_webhooks
-        to = self.alerts_escalation_smtp_to if escalation else self.alerts_smtp_to
-        out: list[Channel] = [WebhookChannel(w.url, w.format, session) for w in hooks]
-        if self.alerts_smtp_host and to:
-            password = self.alerts_smtp_password.get_secret_value() if self.alerts_smtp_password else None
-            out.append(
-                EmailChannel(
-                    SmtpConfig(
-                        self.alerts_smtp_host,
-                        self.alerts_smtp_port,
-                        self.alerts_smtp_from,
-                        tuple(to),
-                        self.alerts_smtp_username,
-                        password,
-                        self.alerts_smtp_starttls,
-                    )
-                )
-            )
-        return out
+from services.alerts.settings import AlertsSettings
 
 
 def main() -> None:
-    def make(settings, topics, link, influx, writer):  # type: ignore[no-untyped-def]
-        assert isinstance(settings, AlertsSettings)
+    def make(settings: AlertsSettings, wiring: Wiring) -> AlertsHandler:
         # The InfluxDB client's HTTP session serves the webhooks too; it lives as long as the service.
-        session = influx.session
+        session = wiring.influx.session
         notifier = Notifier(settings.channels(session), settings.channels(session, escalation=True))
         return AlertsHandler(
-            topics,
-            link,
-            writer,
+            wiring.topics,
+            wiring.link,
+            wiring.writer,
             AlertRules.from_file(settings.alerts_rules_file),
             settings.alerts_state_file,
-            settings.max_payload_bytes,
             notifier,
             own_name=f"alerts/{settings.instance}",
         )
 
-    main_for("alerts", make, AlertsSettings)
+    main_for("alerts", AlertsSettings, make)
 
 
 if __name__ == "__main__":

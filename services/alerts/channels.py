@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Literal, Protocol
@@ -19,6 +18,7 @@ from typing import Any, Literal, Protocol
 import aiohttp
 import aiosmtplib
 
+from isoperf.backoff import Backoff
 from isoperf.schemas import Alert
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class Channel(Protocol):
 
 class WebhookChannel:
     def __init__(self, url: str, fmt: WebhookFormat, session: aiohttp.ClientSession, timeout_s: float = 10.0) -> None:
-        self.name = f"webhook:{fmt}:{url.split('?')[0]}"
+        self.name = f"webhook:{fmt}:{url.split('?', maxsplit=1)[0]}"
         self.url, self.fmt, self.session = url, fmt, session
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
 
@@ -158,7 +158,7 @@ class Notifier:
     async def _work(self, channel: Channel, queue: asyncio.Queue[Notice]) -> None:
         while True:
             notice = await queue.get()
-            delay = self.first_backoff_s
+            backoff = Backoff(self.first_backoff_s, 60.0)
             for attempt in range(1, self.max_attempts + 1):
                 try:
                     await channel.send(notice)
@@ -175,6 +175,7 @@ class Notifier:
                             exc,
                         )
                         break
+                    delay = backoff.next_delay()
                     log.warning(
                         "%s: sending alert %s failed (%s); retrying in %.1f s",
                         channel.name,
@@ -182,8 +183,7 @@ class Notifier:
                         exc,
                         delay,
                     )
-                    await asyncio.sleep(delay * (0.5 + random.random() / 2))
-                    delay = min(delay * 2, 60.0)
+                    await asyncio.sleep(delay)
             queue.task_done()
 
     async def drain(self, timeout_s: float) -> None:

@@ -15,10 +15,10 @@ from pydantic import BaseModel
 
 from isoperf.codec import encode
 from isoperf.influx import InfluxClient
-from isoperf.mqtt import tool_client
 from isoperf.queries import session_where
 from isoperf.schemas import AlertAck, AlertSilence
 from isoperf.settings import ServiceSettings
+from isoperf.sources.mqtt import tool_client
 from isoperf.topics import Topics, check_id
 from services.alerts.rules import RULE_NAMES
 
@@ -38,13 +38,32 @@ async def firing(settings: ServiceSettings, theatre: str, session: str) -> list[
         return [r for r in await influx.rows(q) if r["status"] == "firing"]
 
 
-def ack_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="isoperf ack", description="Acknowledge a firing alert (stops its reminders).")
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ap = commands.add_parser(
+        "ack",
+        help="acknowledge a firing alert, or list them",
+        description="Acknowledge a firing alert (stops its reminders).",
+    )
     ap.add_argument("theatre")
     ap.add_argument("session")
     ap.add_argument("alert_id", nargs="?", help="without it: list the alerts firing in the session")
     ap.add_argument("--by", help="who acknowledges (name or role), kept in the record")
-    args = ap.parse_args(argv)
+    ap.set_defaults(run=lambda args: _ack(ap, args))
+    si = commands.add_parser(
+        "silence",
+        help="silence a session's alerts, or one rule, for a while",
+        description="Mute an alert rule's notifications in a session for a while.",
+    )
+    si.add_argument("theatre")
+    si.add_argument("session")
+    si.add_argument("--rule", choices=sorted(RULE_NAMES), help="one rule (default: every rule of the session)")
+    si.add_argument("--minutes", type=float, required=True, help="how long; 0 lifts the matching silences")
+    si.add_argument("--reason", required=True, help="why, kept in the record")
+    si.add_argument("--by", required=True, help="who silences (name or role), kept in the record")
+    si.set_defaults(run=_silence)
+
+
+def _ack(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     settings = ServiceSettings()
     theatre, session = check_id(args.theatre, "theatre"), check_id(args.session, "session")
     if args.alert_id is None:
@@ -62,17 +81,7 @@ def ack_main(argv: list[str]) -> int:
     return 0
 
 
-def silence_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
-        prog="isoperf silence", description="Mute an alert rule's notifications in a session for a while."
-    )
-    ap.add_argument("theatre")
-    ap.add_argument("session")
-    ap.add_argument("--rule", choices=sorted(RULE_NAMES), help="one rule (default: every rule of the session)")
-    ap.add_argument("--minutes", type=float, required=True, help="how long; 0 lifts the matching silences")
-    ap.add_argument("--reason", required=True, help="why, kept in the record")
-    ap.add_argument("--by", required=True, help="who silences (name or role), kept in the record")
-    args = ap.parse_args(argv)
+def _silence(args: argparse.Namespace) -> int:
     settings = ServiceSettings()
     theatre, session = check_id(args.theatre, "theatre"), check_id(args.session, "session")
     silence = AlertSilence(t=time.time(), rule=args.rule, duration_s=args.minutes * 60, reason=args.reason, by=args.by)

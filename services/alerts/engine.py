@@ -324,7 +324,7 @@ class SessionAlerts:
 
     def _new_id(self, rule: str) -> str:
         self._episodes += 1
-        return f"{self.session}-{rule.split(':')[0]}-{self._episodes}"
+        return f"{self.session}-{rule.split(':', maxsplit=1)[0]}-{self._episodes}"
 
     def _fire(self, t: float, rule: str, severity: Severity, value: float, threshold: float, msg: str) -> Alert:
         f = _Firing(self._new_id(rule), severity, threshold, value, msg, t, t)

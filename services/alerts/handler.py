@@ -20,22 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
-
-from isoperf.codec import decode, encode
-from isoperf.influx import FieldValue, InfluxWriter, line
-from isoperf.mqtt import Outbox, Publisher
-from isoperf.schemas import (
-    Alert,
-    AlertAck,
-    AlertSilence,
-    Event,
-    Leakage,
-    SessionMeta,
-    check_signal_range,
-    parse_reading_payload,
-    readings_of,
-)
+from isoperf.codec import encode
+from isoperf.influx import LineSink
+from isoperf.messages import Inbound, Readings, ServiceStatus
+from isoperf.outbox import Emitter
+from isoperf.points import alert_ack_line, alert_line, alert_silence_line
+from isoperf.schemas import Alert, AlertAck, AlertSilence, Event, Leakage, SessionMeta
+from isoperf.sources import ConnectionLost, Publisher
 from isoperf.topics import Topics
 from services.alerts.channels import Notice, Notifier
 from services.alerts.engine import SessionAlerts, from_state, to_state
@@ -53,42 +44,29 @@ STATE_VERSION = 2
 
 
 def _critical(service: str) -> bool:
-    return service.split("/")[0] in CRITICAL_SERVICES
-
-
-def alert_line(theatre: str, session: str, a: Alert) -> str:
-    tags = {"theatre": theatre, "session": session, "rule": a.rule, "severity": a.severity}
-    fields = {
-        "status": a.status,
-        "value": a.value,
-        "threshold": a.threshold,
-        "message": a.message,
-        "id": a.id,
-        "kind": a.kind,
-        "silenced": bool(a.silenced),
-    }
-    return line("alert", tags, fields, a.t)
+    return service.split("/", maxsplit=1)[0] in CRITICAL_SERVICES
 
 
 class AlertsHandler:
+    kinds: tuple[str, ...] = ("meta", "event", "raw/+", "leakage", "alert/ack", "alert/silence", "status")
+
     def __init__(
         self,
         topics: Topics,
         publisher: Publisher,
-        writer: InfluxWriter,
+        writer: LineSink,
         rules: AlertRules,
         state_file: Path,
-        max_payload_bytes: int,
         notifier: Notifier | None = None,
         own_name: str | None = None,
         tick_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.topics, self.publisher, self.writer = topics, publisher, writer
+        self.topics, self.writer = topics, writer
+        self.emitter = Emitter(publisher, writer)
         self.notifier = notifier
         self.rules = rules
         self.state_file = state_file
-        self.max_payload_bytes = max_payload_bytes
         self.own_name = own_name
         self.tick_s = tick_s
         self.clock = clock
@@ -97,70 +75,65 @@ class AlertsHandler:
         self.ended: deque[Key] = deque(maxlen=ENDED_REMEMBERED)
         self.services_seen: set[str] = set()  # went online at least once
         self.services_offline: set[str] = set()
-        self.outbox = Outbox()
         self._last_input: dict[Key, float] = {}  # wall clock of a session's last input
         self._received: dict[Key, dict[str, float]] = {}  # wall clock of each signal's last reading
         self._flush_lock = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
         self._load()
 
-    def subscriptions(self) -> list[str]:
-        kinds = ("meta", "event", "raw/+", "leakage", "alert/ack", "alert/silence")
-        return [*(self.topics.subscription(k) for k in kinds), self.topics.status_subscription()]
-
     # -- input ---------------------------------------------------------------------------------
 
-    async def handle(self, topic: str, payload: bytes) -> None:
-        if self._ticker is None:
-            self._ticker = asyncio.create_task(self._tick_forever())
-        service = self.topics.parse_status(topic)
-        if service is not None:
-            self._emit_many(self._on_status(service, payload))
-        else:
-            self._on_session_message(topic, payload)
-        await self.outbox.send(self.publisher)  # at once: before anything is stored
+    async def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick_forever())
 
-    def _on_session_message(self, topic: str, payload: bytes) -> None:
-        where = self.topics.parse(topic)
-        data = decode(payload, self.max_payload_bytes)
-        key = (where.theatre, where.session)
-        if where.kind == "meta":
-            meta = SessionMeta.model_validate(data)
-            rules = self.rules.with_thresholds(meta.thresholds)  # ValueError: unknown names, kept aside
-            if meta.thresholds:
-                self.thresholds[key] = dict(meta.thresholds)
+    async def handle(self, message: Inbound) -> None:
+        if isinstance(message.body, ServiceStatus):
+            self._emit_many(self._on_status(message.body))
+        else:
+            self._on_session_message(message)
+        await self.emitter.send()  # at once: before anything is stored
+
+    def _on_session_message(self, message: Inbound) -> None:
+        key, body = message.key, message.body
+        if isinstance(body, SessionMeta):
+            rules = self.rules.with_thresholds(body.thresholds)  # ValueError: unknown names, kept aside
+            if body.thresholds:
+                self.thresholds[key] = dict(body.thresholds)
             if key in self.sessions:
                 self.sessions[key].rules = rules
             return
-        if where.kind == "alert/ack":
-            self._acknowledge(key, AlertAck.model_validate(data))
+        if isinstance(body, AlertAck):
+            self._acknowledge(key, body)
             return
-        # Validate before touching state, so bad input changes nothing.
-        if where.kind == "leakage":
-            leak = Leakage.model_validate(data)
-            step: Callable[[SessionAlerts], list[Alert]] = lambda e: e.on_leakage(leak)
-        elif where.kind == "raw":
-            assert where.signal is not None
-            signal, readings = where.signal, readings_of(parse_reading_payload(data))
-            check_signal_range(signal, readings)
+        if isinstance(body, Leakage):
+            leak = body
+
+            def step(e: SessionAlerts) -> list[Alert]:
+                return e.on_leakage(leak)
+        elif isinstance(body, Readings):
+            signal, readings = body.signal, body.readings
             self._received.setdefault(key, {})[signal] = self.clock()
-            step = lambda e: [a for r in readings for a in e.on_reading(signal, r.t, r.v)]
-        elif where.kind == "event":
-            event = Event.model_validate(data)
-            step = lambda e: e.on_event(event.type, event.t)
-        elif where.kind == "alert/silence":
-            silence = AlertSilence.model_validate(data)
+
+            def step(e: SessionAlerts) -> list[Alert]:
+                return [a for r in readings for a in e.on_reading(signal, r.t, r.v)]
+        elif isinstance(body, Event):
+            event = body
+
+            def step(e: SessionAlerts) -> list[Alert]:
+                return e.on_event(event.type, event.t)
+        elif isinstance(body, AlertSilence):
+            silence = body
             if silence.rule is not None and silence.rule not in RULE_NAMES and not silence.rule.startswith("offline:"):
                 raise ValueError(f"cannot silence unknown rule {silence.rule!r}; known: {sorted(RULE_NAMES)}")
-            self._record_silence(key, silence)
+            self.writer.add([alert_silence_line(*key, silence)])
 
             def step(e: SessionAlerts) -> list[Alert]:
                 e.silence(silence)
                 return e.on_time(silence.t)
         else:
-            raise ValueError(f"the alerts service does not take {where.kind!r} messages")
+            return
         if key in self.ended:
-            log.debug("%s/%s has ended; ignoring a late %s message", *key, where.kind)
+            log.debug("%s/%s has ended; ignoring a late %s message", *key, message.kind)
             return
         new = key not in self.sessions
         engine = self._engine(key)
@@ -183,25 +156,13 @@ class AlertsHandler:
         matched = engine is not None and engine.acknowledge(ack.id, ack.by)
         if not matched:
             log.warning("acknowledgement of %s in %s/%s: no such alert firing (recorded anyway)", ack.id, *key)
-        tags = {"theatre": key[0], "session": key[1]}
-        fields: dict[str, FieldValue] = {"id": ack.id, "acknowledged_by": ack.by, "matched": matched}
-        self.writer.add([line("alert_ack", tags, fields, ack.t)])
+        self.writer.add([alert_ack_line(*key, ack, matched)])
 
-    def _record_silence(self, key: Key, s: AlertSilence) -> None:
-        tags = {"theatre": key[0], "session": key[1], "rule": s.rule or "*"}
-        fields: dict[str, FieldValue] = {
-            "duration_s": s.duration_s,
-            "until": s.t + s.duration_s,
-            "reason": s.reason,
-            "silenced_by": s.by,
-        }
-        self.writer.add([line("alert_silence", tags, fields, s.t)])
-
-    def _on_status(self, service: str, payload: bytes) -> list[tuple[Key, Alert]]:
+    def _on_status(self, status: ServiceStatus) -> list[tuple[Key, Alert]]:
+        service = status.service
         if service == self.own_name:
             return []
-        status = self.topics.status_payload(service, payload)
-        if status == "online":
+        if status.online:
             self.services_seen.add(service)
             self.services_offline.discard(service)
         elif service in self.services_seen:  # a retained offline of a long-gone instance is no news
@@ -211,7 +172,7 @@ class AlertsHandler:
         return [
             (key, a)
             for key, e in self.sessions.items()
-            for a in e.on_service(service, status == "online", self._session_now(key), _critical(service))
+            for a in e.on_service(service, status.online, self._session_now(key), _critical(service))
         ]
 
     # -- output --------------------------------------------------------------------------------
@@ -221,8 +182,7 @@ class AlertsHandler:
 
     def _emit_many(self, alerts: list[tuple[Key, Alert]]) -> None:
         for key, alert in alerts:
-            self.outbox.put(self.topics.session(*key, "alert"), encode(alert))
-            self.writer.add([alert_line(*key, alert)])
+            self.emitter.emit(self.topics.session(*key, "alert"), encode(alert), [alert_line(*key, alert)])
             if self.notifier is not None and not alert.silenced:
                 self.notifier.notify(Notice(key[0], key[1], alert))  # queued per channel: never waits
 
@@ -231,11 +191,10 @@ class AlertsHandler:
             self._release_ended()
             # The state as of now, before any await: what it holds is stored by this flush.
             state = self._state()
-            await self.writer.flush()
-            await self.outbox.send(self.publisher)
+            await self.emitter.flush()
             self._save(state)
 
-    async def aclose(self, timeout_s: float = 10.0) -> None:
+    async def close(self, timeout_s: float = 10.0) -> None:
         """At shutdown: stop the clock; give queued notifications a bounded chance to go out."""
         if self._ticker is not None:
             self._ticker.cancel()
@@ -272,7 +231,7 @@ class AlertsHandler:
             try:
                 if self.tick():
                     await self.flush()
-            except aiomqtt.MqttError:
+            except ConnectionLost:
                 pass  # sent by the flush after reconnecting
             except Exception:
                 log.exception("alert clock tick failed")

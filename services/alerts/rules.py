@@ -1,4 +1,4 @@
-"""Alert rules: defaults after shared/domain.md, set in a TOML file and overridable per session
+"""Alert rules: defaults after docs/clinical-background.md, set in a TOML file and overridable per session
 by the meta ``thresholds`` (the same flat names, see docs/configuration.md)."""
 
 from __future__ import annotations

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from isoperf.runner import main_for
+from isoperf.service import Wiring, main_for
 from services.leakage.handler import LeakageHandler
 from services.leakage.settings import LeakageSettings
 
 
 def main() -> None:
-    def make(settings, topics, link, influx, writer):  # type: ignore[no-untyped-def]
-        assert isinstance(settings, LeakageSettings)
-        return LeakageHandler(topics, link, writer, influx, settings.estimator_params(), settings.max_payload_bytes)
+    def make(settings: LeakageSettings, wiring: Wiring) -> LeakageHandler:
+        return LeakageHandler(wiring.topics, wiring.link, wiring.writer, wiring.influx, settings.estimator_params())
 
-    main_for("leakage", make, LeakageSettings)
+    main_for("leakage", LeakageSettings, make)
 
 
 if __name__ == "__main__":

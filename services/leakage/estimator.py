@@ -1,6 +1,6 @@
 """Systemic leakage from precordial probe counts: pure, deterministic, no I/O.
 
-Method (shared/domain.md, after the IHHP and Lausanne series)::
+Method (docs/clinical-background.md, after the IHHP and Lausanne series)::
 
     L(t) = 100 * (C*(t) - C_0) / (k * (C_cal - B))
     C*(t) = B + (C(t) - B) * exp(lambda * (t - t_cal))
@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from isoperf.isotopes import decay_constant_per_s
+from isoperf.domain.isotopes import decay_constant_per_s
 from isoperf.schemas import Leakage, LeakageState, ProbeFault
 from services.leakage.filters import TrendFilter, kalman_step, line_fit
 from services.leakage.formula import (

@@ -1,4 +1,4 @@
-"""The leakage formula of shared/domain.md, as plain functions of numbers (cps, MBq, s, %)."""
+"""The leakage formula of docs/clinical-background.md, as plain functions of numbers (cps, MBq, s, %)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def decay_corrected_rate(rate_cps: float, background_cps: float, lam_per_s: floa
 def leakage_percent(
     corrected_cps: float, zero_cps: float, calibration_cps: float, background_cps: float, k: float
 ) -> float:
-    """``L = 100 * (C* - C_0) / (k * (C_cal - B))``, in % of the circuit tracer (shared/domain.md)."""
+    """``L = 100 * (C* - C_0) / (k * (C_cal - B))``, in % of the circuit tracer (docs/clinical-background.md)."""
     rise = calibration_cps - background_cps
     if k <= 0 or rise <= 0:
         raise ValueError(f"need k > 0 and a calibration rise > 0, got k={k}, rise={rise}")

@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from isoperf.codec import decode, encode
-from isoperf.influx import InfluxClient, InfluxWriter
-from isoperf.mqtt import Outbox, Publisher
+from isoperf.codec import encode
+from isoperf.influx import LineSink, RowReader
+from isoperf.messages import Inbound, Readings
+from isoperf.outbox import Emitter
 from isoperf.points import leakage_line
 from isoperf.queries import session_where
-from isoperf.schemas import Event, Leakage, SessionMeta, check_signal_range, parse_reading_payload, readings_of
+from isoperf.schemas import Event, Leakage, SessionMeta
+from isoperf.sources import Publisher
 from isoperf.topics import Topics
 from services.leakage.estimator import EstimatorParams, LeakageEstimator
 from services.leakage.history import load_session
@@ -45,59 +47,53 @@ class _Session:
 
 
 class LeakageHandler:
+    kinds: tuple[str, ...] = ("meta", "event", "raw/counts")
+
     def __init__(
         self,
         topics: Topics,
         publisher: Publisher,
-        writer: InfluxWriter,
-        influx: InfluxClient | None,
+        writer: LineSink,
+        influx: RowReader | None,
         params: EstimatorParams,
-        max_payload_bytes: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.topics = topics
-        self.publisher = publisher
-        self.writer = writer
+        self.emitter = Emitter(publisher, writer)
         self.influx = influx
         self.params = params
-        self.max_payload_bytes = max_payload_bytes
         self.clock = clock
         self.sessions: dict[tuple[str, str], _Session] = {}
         self.isotopes: dict[tuple[str, str], str] = {}
-        self.outbox = Outbox()
 
-    def subscriptions(self) -> list[str]:
-        return [self.topics.subscription(k) for k in ("meta", "event", "raw/counts")]
+    async def start(self) -> None:
+        pass
 
-    async def handle(self, topic: str, payload: bytes) -> None:
-        where = self.topics.parse(topic)
-        data = decode(payload, self.max_payload_bytes)
-        key = (where.theatre, where.session)
-        # Validate before touching state, so bad input changes nothing.
-        if where.kind == "raw" and where.signal == "counts":
-            readings = readings_of(parse_reading_payload(data))
-            check_signal_range("counts", readings)
+    async def close(self) -> None:
+        pass
+
+    async def handle(self, message: Inbound) -> None:
+        key, body = message.key, message.body
+        if isinstance(body, Readings):
             sess = await self._session(key)
-            for r in readings:
+            for r in body.readings:
                 sess.estimator.add_counts(r.t, r.v, r.dt)
-        elif where.kind == "event":
-            event = Event.model_validate(data)
+        elif isinstance(body, Event):
             sess = await self._session(key)
-            sess.estimator.add_event(event.type, event.t, event.activity_mbq)
-        elif where.kind == "meta":
+            sess.estimator.add_event(body.type, body.t, body.activity_mbq)
+        elif isinstance(body, SessionMeta):
             # Retained: every past session's meta arrives at start-up. Remember
             # the isotope; rebuild a session only when its counts or events come.
-            meta = SessionMeta.model_validate(data)
-            self.isotopes[key] = meta.isotope
+            self.isotopes[key] = body.isotope
             known = self.sessions.get(key)
             if known is None:
                 return
             sess = known
-            sess.estimator.set_isotope(meta.isotope)
+            sess.estimator.set_isotope(body.isotope)
         else:
-            raise ValueError(f"the leakage service does not take {where.kind!r} messages")
+            return
         self._collect(key, sess)
-        await self.outbox.send(self.publisher)  # the live path first: before anything is stored
+        await self.emitter.send()  # the live path first: before anything is stored
 
     def _collect(self, key: tuple[str, str], sess: _Session) -> None:
         sess.last_seen = self.clock()
@@ -106,15 +102,13 @@ class LeakageHandler:
 
     def _emit(self, key: tuple[str, str], point: Leakage) -> None:
         """Queue a point for publication (QoS 1) and storage."""
-        self.outbox.put(self.topics.session(key[0], key[1], "leakage"), encode(point))
-        self.writer.add([leakage_line(key[0], key[1], point)])
+        self.emitter.emit(self.topics.session(*key, "leakage"), encode(point), [leakage_line(*key, point)])
 
     async def flush(self) -> None:
         """Store the points; publish any a lost connection held back."""
-        await self.writer.flush()
-        await self.outbox.send(self.publisher)
+        await self.emitter.flush()
         now = self.clock()
-        for key in [k for k, sess in self.sessions.items() if sess.evictable(now) and not len(self.outbox)]:
+        for key in [k for k, sess in self.sessions.items() if sess.evictable(now) and not len(self.emitter)]:
             log.info("session %s/%s released from memory", *key)
             del self.sessions[key]
 

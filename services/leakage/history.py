@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from isoperf.influx import InfluxClient
+from isoperf.influx import RowReader
 from isoperf.queries import session_where
 from services.leakage.estimator import LeakageEstimator
 
 
 async def load_session(
-    influx: InfluxClient, theatre: str, session: str, est: LeakageEstimator, *, isotope_known: bool = False
+    influx: RowReader, theatre: str, session: str, est: LeakageEstimator, *, isotope_known: bool = False
 ) -> int:
     """Add the session's stored metadata, events and counts to ``est``; return how many counts."""
     where = session_where(theatre, session)

@@ -21,15 +21,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import ValidationError
 
 from isoperf.codec import encode
-from isoperf.mqtt import tool_client
 from isoperf.schemas import LabSample
 from isoperf.settings import ServiceSettings
+from isoperf.sources.mqtt import tool_client
 from isoperf.topics import Topics, check_id
 
 COLUMNS = ("draw_time", "site", "melphalan_ug_ml", "sample_id")
 
 
-class ImportError_(ValueError):
+class SampleFileError(ValueError):
     """Rows that cannot be read; ``errors`` names each."""
 
     def __init__(self, errors: list[str]) -> None:
@@ -68,11 +68,13 @@ def _sample(row: dict[str, str], tz: ZoneInfo) -> LabSample:
 
 
 def read_csv(lines: Iterable[str], tz: ZoneInfo) -> list[LabSample]:
-    """Every sample of a CSV export, or ``ImportError_`` naming every row that cannot be read."""
+    """Every sample of a CSV export, or ``SampleFileError`` naming every row that cannot be read."""
     reader = csv.DictReader(lines)
     missing = [c for c in COLUMNS[:3] if c not in (reader.fieldnames or [])]
     if missing:
-        raise ImportError_([f"row 1 (header): missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}"])
+        raise SampleFileError(
+            [f"row 1 (header): missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}"]
+        )
     out: list[LabSample] = []
     errors: list[str] = []
     seen: dict[str, int] = {}
@@ -93,9 +95,9 @@ def read_csv(lines: Iterable[str], tz: ZoneInfo) -> list[LabSample]:
             seen[sample.sample_id] = n
         out.append(sample)
     if errors:
-        raise ImportError_(errors)
+        raise SampleFileError(errors)
     if not out:
-        raise ImportError_(["the file holds no samples"])
+        raise SampleFileError(["the file holds no samples"])
     return out
 
 
@@ -113,9 +115,12 @@ def _zone(name: str) -> ZoneInfo:
         raise argparse.ArgumentTypeError(f"unknown time zone {name!r}") from None
 
 
-def import_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
-        prog="isoperf import-samples", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ap = commands.add_parser(
+        "import-samples",
+        help="send a laboratory's CSV of results, all or nothing",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("theatre")
     ap.add_argument("session")
@@ -123,12 +128,24 @@ def import_main(argv: list[str]) -> int:
     ap.add_argument(
         "--tz", type=_zone, default=ZoneInfo("UTC"), help="zone of draw times given without one (default UTC)"
     )
-    args = ap.parse_args(argv)
+    ap.set_defaults(run=_import_samples)
+    one = commands.add_parser("sample", help="send one lab result", description="Send one lab result.")
+    one.add_argument("theatre")
+    one.add_argument("session")
+    one.add_argument("--drawn", required=True, help="draw time, ISO 8601 or Unix seconds")
+    one.add_argument("--site", required=True, choices=["circuit", "systemic"])
+    one.add_argument("--ug-ml", required=True, help="melphalan concentration, ug/mL")
+    one.add_argument("--id", default="", help="sample id (a result for an id already given corrects it)")
+    one.add_argument("--tz", type=_zone, default=ZoneInfo("UTC"))
+    one.set_defaults(run=lambda args: _send_sample(one, args))
+
+
+def _import_samples(args: argparse.Namespace) -> int:
     theatre, session = check_id(args.theatre, "theatre"), check_id(args.session, "session")
     try:
         with args.csv.open(newline="", encoding="utf-8-sig") as f:
             samples = read_csv(f, args.tz)
-    except ImportError_ as exc:
+    except SampleFileError as exc:
         print(f"{args.csv}: nothing imported:", file=sys.stderr)
         for e in exc.errors:
             print(f"  {e}", file=sys.stderr)
@@ -141,16 +158,7 @@ def import_main(argv: list[str]) -> int:
     return 0
 
 
-def sample_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="isoperf sample", description="Send one lab result.")
-    ap.add_argument("theatre")
-    ap.add_argument("session")
-    ap.add_argument("--drawn", required=True, help="draw time, ISO 8601 or Unix seconds")
-    ap.add_argument("--site", required=True, choices=["circuit", "systemic"])
-    ap.add_argument("--ug-ml", required=True, help="melphalan concentration, ug/mL")
-    ap.add_argument("--id", default="", help="sample id (a result for an id already given corrects it)")
-    ap.add_argument("--tz", type=_zone, default=ZoneInfo("UTC"))
-    args = ap.parse_args(argv)
+def _send_sample(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     theatre, session = check_id(args.theatre, "theatre"), check_id(args.session, "session")
     row = {"draw_time": args.drawn, "site": args.site, "melphalan_ug_ml": args.ug_ml, "sample_id": args.id}
     try:

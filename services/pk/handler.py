@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import logging
 
-from isoperf.codec import decode, encode
-from isoperf.influx import InfluxClient, InfluxWriter, line
-from isoperf.mqtt import Outbox, Publisher
+from isoperf.codec import encode
+from isoperf.influx import LineSink, RowReader
+from isoperf.messages import Inbound
+from isoperf.outbox import Emitter
+from isoperf.points import pk_line
 from isoperf.queries import session_where
-from isoperf.schemas import Event, LabSample, Leakage, Pk, SessionMeta
+from isoperf.schemas import Event, LabSample, Leakage, SessionMeta
+from isoperf.sources import Publisher
 from isoperf.topics import Topics
 from services.pk.history import feed, stored_queries
 from services.pk.session import PkSession
@@ -26,75 +29,64 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 
 
-def pk_line(theatre: str, session: str, pk: Pk) -> str:
-    return line("pk", {"theatre": theatre, "session": session}, pk.model_dump(exclude={"t"}), pk.t)
-
-
 class PkHandler:
+    kinds: tuple[str, ...] = ("meta", "event", "sample", "leakage")
+
     def __init__(
         self,
         topics: Topics,
         publisher: Publisher,
-        writer: InfluxWriter,
-        influx: InfluxClient | None,
-        max_payload_bytes: int,
+        writer: LineSink,
+        influx: RowReader | None,
         interval_s: float = 15.0,
     ) -> None:
-        self.topics, self.publisher, self.writer, self.influx = topics, publisher, writer, influx
-        self.max_payload_bytes = max_payload_bytes
+        self.topics, self.influx = topics, influx
+        self.emitter = Emitter(publisher, writer)
         self.interval_s = interval_s
         self.sessions: dict[Key, PkSession] = {}
         self.metas: dict[Key, SessionMeta] = {}
         self.last_emit: dict[Key, float] = {}
-        self.outbox = Outbox()
 
-    def subscriptions(self) -> list[str]:
-        return [self.topics.subscription(k) for k in ("meta", "event", "sample", "leakage")]
+    async def start(self) -> None:
+        pass
 
-    async def handle(self, topic: str, payload: bytes) -> None:
-        where = self.topics.parse(topic)
-        data = decode(payload, self.max_payload_bytes)
-        key = (where.theatre, where.session)
-        if where.kind == "meta":  # retained: remembered; a session starts with its first other message
-            meta = SessionMeta.model_validate(data)
-            self.metas[key] = meta
+    async def close(self) -> None:
+        pass
+
+    async def handle(self, message: Inbound) -> None:
+        key, body = message.key, message.body
+        if isinstance(body, SessionMeta):  # retained: remembered; a session starts with its first other message
+            self.metas[key] = body
             if key in self.sessions:
-                self.sessions[key].set_meta(meta)
+                self.sessions[key].set_meta(body)
             return
-        if where.kind == "event":
-            event = Event.model_validate(data)
+        if isinstance(body, Event):
             sess = await self._session(key)
-            if sess.add_event(event):
-                self._emit(key, sess, event.t)
-        elif where.kind == "sample":
-            sample = LabSample.model_validate(data)
+            if sess.add_event(body):
+                self._emit(key, sess, body.t)
+        elif isinstance(body, LabSample):
             sess = await self._session(key)
-            sess.add_sample(sample)
-            latest = max([sample.t, *sess.leak_t[-1:], *(e.t for e in sess.events.values())])
+            sess.add_sample(body)
+            latest = max([body.t, *sess.leak_t[-1:], *(e.t for e in sess.events.values())])
             self._emit(key, sess, latest)
-        elif where.kind == "leakage":
-            leak = Leakage.model_validate(data)
+        elif isinstance(body, Leakage):
             sess = await self._session(key)
-            if leak.percent is None:
+            if body.percent is None:
                 return
-            sess.add_leakage(leak.t, leak.percent)
-            if leak.t - self.last_emit.get(key, float("-inf")) >= self.interval_s:
-                self._emit(key, sess, leak.t)
-        else:
-            raise ValueError(f"the pk service does not take {where.kind!r} messages")
-        await self.outbox.send(self.publisher)  # the live path first: before anything is stored
+            sess.add_leakage(body.t, body.percent)
+            if body.t - self.last_emit.get(key, float("-inf")) >= self.interval_s:
+                self._emit(key, sess, body.t)
+        await self.emitter.send()  # the live path first: before anything is stored
 
     def _emit(self, key: Key, sess: PkSession, t: float) -> None:
         pk = sess.estimate(t)
         if pk is None:
             return
         self.last_emit[key] = max(t, self.last_emit.get(key, t))
-        self.outbox.put(self.topics.session(key[0], key[1], "pk"), encode(pk))
-        self.writer.add([pk_line(key[0], key[1], pk)])
+        self.emitter.emit(self.topics.session(*key, "pk"), encode(pk), [pk_line(*key, pk)])
 
     async def flush(self) -> None:
-        await self.writer.flush()
-        await self.outbox.send(self.publisher)
+        await self.emitter.flush()
 
     async def _session(self, key: Key) -> PkSession:
         sess = self.sessions.get(key)

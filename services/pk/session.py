@@ -3,7 +3,7 @@ systemic exposure implied by the leak, and the NCA of its lab samples. Pure, no 
 
 Times inside are minutes from the (first) ``drug_start``; messages carry Unix seconds.
 
-Systemic exposure from the leak (shared/domain.md): the leakage ``L(t)`` (% of the
+Systemic exposure from the leak (docs/clinical-background.md): the leakage ``L(t)`` (% of the
 circuit's tracer now in the body) rises by ``dL`` while the circuit carries ``C(t)``;
 that moves ``C * V * dL / 100`` of drug into the body, which eliminates it with
 melphalan's terminal half-life (46 to 108 min published; 75 min here) and spreads
@@ -17,36 +17,18 @@ a smaller volume, so early measured systemic peaks run higher than this estimate
 from __future__ import annotations
 
 import bisect
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from isoperf.domain.melphalan import Constants, Dose, Schedule, Washout, concentration, systemic_from_leak
 from isoperf.schemas import Event, LabSample, Pk, SessionMeta
 from services.pk import nca
-from services.pk.model import Constants, Dose, Fit, Schedule, Washout, concentration, prior_fit, refit
+from services.pk.model import Fit, prior_fit, refit
 
-SYSTEMIC_VOLUME_ML = 40_000.0
-K_SYSTEMIC_MIN = math.log(2) / 75.0
 GRID_STEP_MIN = 0.25
-WASHOUT_FLOW_ML_MIN = 200.0  # IHHP pump flow (shared/domain.md: tens to a few hundred mL/min)
+WASHOUT_FLOW_ML_MIN = 200.0  # IHHP pump flow (docs/clinical-background.md: tens to a few hundred mL/min)
 GRID_HORIZON_MIN = 240.0
-
-
-def systemic_from_leak(
-    times_min: list[float], leak_pct: list[float], grid: np.ndarray, curve: np.ndarray, v_ml: float
-) -> tuple[np.ndarray, float, float]:
-    """Systemic concentration (ug/mL) at each leakage time, the drug in the body now (ug) and the
-    systemic AUC (ug*min/mL), from the leakage series and the circuit curve on ``grid``."""
-    c_circ = np.where(np.asarray(times_min) >= 0, np.interp(times_min, grid, curve), 0.0)
-    c_sys = np.zeros(len(times_min))
-    amount = auc = 0.0
-    for i in range(1, len(times_min)):
-        dt = times_min[i] - times_min[i - 1]
-        amount = amount * math.exp(-K_SYSTEMIC_MIN * dt) + c_circ[i] * v_ml * (leak_pct[i] - leak_pct[i - 1]) / 100.0
-        c_sys[i] = max(amount, 0.0) / SYSTEMIC_VOLUME_ML
-        auc += (c_sys[i - 1] + c_sys[i]) * dt / 2.0
-    return c_sys, max(amount, 0.0), auc
 
 
 @dataclass

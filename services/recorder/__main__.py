@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from isoperf.runner import main_for
+from isoperf.service import Wiring, main_for
 from services.recorder.handler import RecorderHandler
+from services.recorder.settings import RecorderSettings
 
 
 def main() -> None:
-    main_for(
-        "recorder",
-        lambda settings, topics, link, influx, writer: RecorderHandler(topics, writer, settings.max_payload_bytes),
-    )
+    def make(settings: RecorderSettings, wiring: Wiring) -> RecorderHandler:
+        return RecorderHandler(wiring.writer, wiring.topics, wiring.link)
+
+    main_for("recorder", RecorderSettings, make)
 
 
 if __name__ == "__main__":

@@ -1,59 +1,80 @@
 """Stores every reading, event, lab sample and session metadata published on the bus, and every
 service's ``online``/``offline`` status (measurement ``service_status``, stamped on receipt: a
-status carries no time of its own), so boards can show which services are running."""
+status carries no time of its own), so boards can show which services are running.
+
+End-to-end confirmation: a message that carries its gateway's journal sequence number ``seq``
+is confirmed on the session's ``stored`` topic once it is stored, so the gateway can forget it.
+"""
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 
-from isoperf.codec import decode
-from isoperf.influx import InfluxWriter, line
-from isoperf.points import event_line, reading_lines, sample_line, session_line
-from isoperf.schemas import Event, LabSample, SessionMeta, check_signal_range, parse_reading_payload, readings_of
+from isoperf.codec import encode
+from isoperf.influx import LineSink
+from isoperf.messages import Inbound, Readings, ServiceStatus
+from isoperf.points import event_line, reading_lines, sample_line, service_status_line, session_line
+from isoperf.schemas import Event, LabSample, SessionMeta, Stored
+from isoperf.sources import Publisher
 from isoperf.topics import Topics
+
+Key = tuple[str, str]
+
+
+def ranges(seqs: set[int]) -> list[tuple[int, int]]:
+    """``{1, 2, 3, 7, 8}`` -> ``[(1, 3), (7, 8)]``."""
+    out: list[tuple[int, int]] = []
+    for s in sorted(seqs):
+        if out and s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
 
 
 class RecorderHandler:
-    """Validates each message at the edge and buffers its points; ``flush`` stores them."""
+    """Turns each validated message into points; ``flush`` stores them, then confirms their ``seq``."""
 
-    def __init__(self, topics: Topics, writer: InfluxWriter, max_payload_bytes: int) -> None:
-        self.topics = topics
-        self.writer = writer
-        self.max_payload_bytes = max_payload_bytes
+    kinds: tuple[str, ...] = ("raw/+", "event", "sample", "meta", "status")
+
+    def __init__(self, writer: LineSink, topics: Topics | None = None, publisher: Publisher | None = None) -> None:
+        self.writer, self.topics, self.publisher = writer, topics, publisher
         self.stored_readings = 0
+        self._seqs: dict[Key, set[int]] = defaultdict(set)
 
-    def subscriptions(self) -> list[str]:
-        return [
-            *(self.topics.subscription(k) for k in ("raw/+", "event", "sample", "meta")),
-            self.topics.status_subscription(),
-        ]
+    async def start(self) -> None:
+        pass
 
-    async def handle(self, topic: str, payload: bytes) -> None:
-        service = self.topics.parse_status(topic)
-        if service is not None:
-            status = self.topics.status_payload(service, payload)
-            name, instance = service.split("/")
-            self.writer.add(
-                [line("service_status", {"service": name, "instance": instance}, {"status": status}, time.time())]
-            )
-            return
-        where = self.topics.parse(topic)
-        data = decode(payload, self.max_payload_bytes)
-        th, se = where.theatre, where.session
-        if where.kind == "raw":
-            assert where.signal is not None
-            readings = readings_of(parse_reading_payload(data))
-            check_signal_range(where.signal, readings)
-            self.writer.add(reading_lines(th, se, where.signal, readings))
-            self.stored_readings += len(readings)
-        elif where.kind == "event":
-            self.writer.add([event_line(th, se, Event.model_validate(data))])
-        elif where.kind == "sample":
-            self.writer.add([sample_line(th, se, LabSample.model_validate(data))])
-        elif where.kind == "meta":
-            self.writer.add([session_line(th, se, SessionMeta.model_validate(data))])
-        else:
-            raise ValueError(f"the recorder does not store {where.kind!r} messages")
+    async def handle(self, message: Inbound) -> None:
+        th, se, body = message.theatre, message.session, message.body
+        seq: int | None = None
+        if isinstance(body, ServiceStatus):
+            self.writer.add([service_status_line(body.service, body.online, time.time())])
+        elif isinstance(body, Readings):
+            self.writer.add(reading_lines(th, se, body.signal, body.readings))
+            self.stored_readings += len(body.readings)
+            seq = body.seq
+        elif isinstance(body, Event):
+            self.writer.add([event_line(th, se, body)])
+            seq = body.seq
+        elif isinstance(body, LabSample):
+            self.writer.add([sample_line(th, se, body)])
+            seq = body.seq
+        elif isinstance(body, SessionMeta):
+            self.writer.add([session_line(th, se, body)])
+            seq = body.seq
+        if seq is not None:
+            self._seqs[message.key].add(seq)
 
     async def flush(self) -> None:
+        stored, self._seqs = self._seqs, defaultdict(set)  # before the first await: what this flush stores
         await self.writer.flush()
+        if self.publisher is None or self.topics is None:
+            return
+        for (theatre, session), seqs in stored.items():
+            confirmation = Stored(t=time.time(), seqs=ranges(seqs))
+            await self.publisher.publish(self.topics.session(theatre, session, "stored"), encode(confirmation))
+
+    async def close(self) -> None:
+        pass

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import ServiceProcess, wait_for
 from tests.helpers import rows, settled, where
+from tests.stack import ControlledStack
 
 pytestmark = pytest.mark.e2e
 
@@ -17,7 +19,14 @@ TOLERANCE_PP = 0.5
 
 @pytest.mark.parametrize("isotope", ["Tc-99m", "I-131"])
 @pytest.mark.parametrize("leak", ["steady", "step"])
-def test_stored_leakage_tracks_truth(stack, services, ids, tmp_path: Path, leak: str, isotope: str) -> None:  # type: ignore[no-untyped-def]
+def test_stored_leakage_tracks_truth(
+    stack: ControlledStack,
+    services: Callable[..., ServiceProcess],
+    ids: tuple[str, str],
+    tmp_path: Path,
+    leak: str,
+    isotope: str,
+) -> None:
     theatre, session = ids
     services("recorder")
     services("leakage")

@@ -7,7 +7,7 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from isoperf.stack import LocalStack, find_binary, free_port
-from tests.conftest import wait_for
+from isoperf.tools.stack import LocalStack, find_binary, free_port
+from tests.conftest import ServiceProcess, wait_for
 from tests.helpers import mosquitto_pub
+from tests.stack import ControlledStack
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ class Mailbox:
     def __init__(self) -> None:
         self.messages: list[tuple[float, email.message.Message]] = []
 
-    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:  # noqa: N802  (aiosmtpd's hook name)
         self.messages.append((time.monotonic(), email.message_from_bytes(envelope.content)))
         return "250 OK"
 
@@ -40,15 +41,19 @@ def mailbox() -> Iterator[tuple[Mailbox, int]]:
     controller.stop()
 
 
+Received = list[tuple[float, str, dict[str, Any]]]  # (arrival time, path, JSON body) of each POST
+
+
 @pytest.fixture
-def receiver() -> Iterator[tuple[list[tuple[float, str, dict[str, Any]]], int]]:
-    got: list[tuple[float, str, dict[str, Any]]] = []
+def receiver() -> Iterator[tuple[Received, int]]:
+    got: Received = []
+    release = threading.Event()
 
     class Hook(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if self.path == "/hang":
-                time.sleep(20)  # a webhook that never answers in time
+                release.wait(20)  # a webhook that never answers in time (until the test is over)
             got.append((time.monotonic(), self.path, body))
             self.send_response(200)
             self.end_headers()
@@ -57,10 +62,11 @@ def receiver() -> Iterator[tuple[list[tuple[float, str, dict[str, Any]]], int]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), Hook)
-    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield got, server.server_address[1]
+    release.set()
     server.shutdown()
+    server.server_close()  # joins the request threads, closing their sockets
 
 
 def publish(stack: LocalStack, topic: str, data: dict[str, Any]) -> None:
@@ -68,8 +74,13 @@ def publish(stack: LocalStack, topic: str, data: dict[str, Any]) -> None:
 
 
 def test_email_and_webhooks_for_firing_repeat_escalation_resolve(
-    stack, services, ids, mailbox, receiver, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    stack: ControlledStack,
+    services: Callable[..., ServiceProcess],
+    ids: tuple[str, str],
+    mailbox: tuple[Mailbox, int],
+    receiver: tuple[Received, int],
+    tmp_path: Path,
+) -> None:
     theatre, session = ids
     box, smtp_port = mailbox
     hooks, http_port = receiver
@@ -157,8 +168,12 @@ def test_email_and_webhooks_for_firing_repeat_escalation_resolve(
 
 
 def test_an_unacknowledged_critical_alert_goes_to_the_escalation_channel(
-    stack, services, ids, receiver, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    stack: ControlledStack,
+    services: Callable[..., ServiceProcess],
+    ids: tuple[str, str],
+    receiver: tuple[Received, int],
+    tmp_path: Path,
+) -> None:
     theatre, session = ids
     hooks, http_port = receiver
     base = f"http://127.0.0.1:{http_port}"
@@ -175,7 +190,7 @@ def test_an_unacknowledged_critical_alert_goes_to_the_escalation_channel(
     publish(stack, f"{root}/leakage", {"t": t0, "state": "monitoring", "percent": 6.0, "ci_low": 5.6, "ci_high": 6.4})
     # No acknowledgement and no further input: the service's clock escalates after 3 s.
     oncall = wait_for(lambda: [b for _, path, b in hooks if path == "/oncall"], timeout=20)
-    assert [(b["kind"], b["severity"]) for b in oncall] == [("unacknowledged", "critical")]  # type: ignore[union-attr]
+    assert [(b["kind"], b["severity"]) for b in oncall] == [("unacknowledged", "critical")]
     publish(
         stack, f"{root}/leakage", {"t": t0 + 10, "state": "monitoring", "percent": 0.2, "ci_low": 0, "ci_high": 0.5}
     )

@@ -7,17 +7,22 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
+from isoperf.tools.stack import LocalStack
+from tests.conftest import ServiceProcess, wait_for
 from tests.helpers import mosquitto_pub, rows, settled, where
+from tests.stack import ControlledStack
 
 pytestmark = pytest.mark.integration
 
 
-def test_alerts_fire_are_recorded_acknowledged_and_survive_sigkill(stack, services, ids, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_alerts_fire_are_recorded_acknowledged_and_survive_sigkill(
+    stack: ControlledStack, services: Callable[..., ServiceProcess], ids: tuple[str, str], tmp_path: Path
+) -> None:
     theatre, session = ids
     state = str(tmp_path / "alerts-state.json")
     services("recorder")
@@ -33,13 +38,13 @@ def test_alerts_fire_are_recorded_acknowledged_and_survive_sigkill(stack, servic
     )
     w = where(theatre, session)
     first = wait_for(lambda: rows(stack, f"SELECT id, kind, status FROM alert WHERE {w} AND kind='new'"), timeout=90)
-    alert_id = first[0]["id"]  # type: ignore[index]
+    alert_id = first[0]["id"]
 
     # Acknowledged by hand, as a theatre screen would.
-    ack = {"t": first[0]["time"] / 1000 + 1, "id": alert_id, "by": "perfusionist"}  # type: ignore[index]
+    ack = {"t": first[0]["time"] / 1000 + 1, "id": alert_id, "by": "perfusionist"}
     mosquitto_pub(stack, f"perfusion/{theatre}/{session}/alert/ack", json.dumps(ack).encode())
     acked = wait_for(lambda: rows(stack, f"SELECT id, acknowledged_by FROM alert_ack WHERE {w}"))
-    assert acked[0]["acknowledged_by"] == "perfusionist"  # type: ignore[index]
+    assert acked[0]["acknowledged_by"] == "perfusionist"
 
     alerts.kill()
     services("alerts", ISOPERF_ALERTS_STATE_FILE=state, ISOPERF_INSTANCE=alerts.env["ISOPERF_INSTANCE"])
@@ -55,9 +60,9 @@ def test_alerts_fire_are_recorded_acknowledged_and_survive_sigkill(stack, servic
         ),
         timeout=30,
     )
-    steps = [(r["kind"], r["severity"]) for r in leakage if r["kind"] != "repeat"]  # type: ignore[union-attr]
+    steps = [(r["kind"], r["severity"]) for r in leakage if r["kind"] != "repeat"]
     assert steps == [("new", "advisory"), ("escalated", "warning"), ("resolved", "warning")]
-    assert {r["id"] for r in leakage} == {alert_id}, "a firing alert is neither lost nor sent again as new"  # type: ignore[union-attr]
+    assert {r["id"] for r in leakage} == {alert_id}, "a firing alert is neither lost nor sent again as new"
     # The circuit was healthy and the isolation short: no other alarm.
     assert {r["rule"] for r in rows(stack, f'SELECT id, "rule" FROM alert WHERE {w}')} <= {"leakage", "leak_rate"}
     saved = json.loads(Path(state).read_text())
@@ -65,9 +70,9 @@ def test_alerts_fire_are_recorded_acknowledged_and_survive_sigkill(stack, servic
     assert not any(s["session"] == session for s in saved["sessions"])
 
 
-def cli(stack, *argv: str) -> str:  # type: ignore[no-untyped-def]
+def cli(stack: LocalStack, *argv: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "isoperf.cli", *argv],
+        [sys.executable, "-m", "isoperf.tools.cli", *argv],
         env={**os.environ, **stack.env()},
         check=False,
         capture_output=True,
@@ -78,7 +83,9 @@ def cli(stack, *argv: str) -> str:  # type: ignore[no-untyped-def]
     return done.stdout
 
 
-def test_stale_data_offline_service_silence_and_ack_from_the_command_line(stack, services, ids, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_stale_data_offline_service_silence_and_ack_from_the_command_line(
+    stack: ControlledStack, services: Callable[..., ServiceProcess], ids: tuple[str, str], tmp_path: Path
+) -> None:
     theatre, session = ids
     recorder = services("recorder")
     services("alerts", ISOPERF_ALERTS_STATE_FILE=str(tmp_path / "state.json"))
@@ -90,14 +97,14 @@ def test_stale_data_offline_service_silence_and_ack_from_the_command_line(stack,
 
     # Nothing more comes: the service's clock notices.
     stale = wait_for(lambda: rows(stack, f"SELECT id, message FROM alert WHERE {w} AND \"rule\"='stale_temperature'"))
-    stale_id = stale[0]["id"]  # type: ignore[index]
-    assert stale[0]["message"].startswith("No temperature readings for")  # type: ignore[index]
+    stale_id = stale[0]["id"]
+    assert stale[0]["message"].startswith("No temperature readings for")
 
     # A service stops: its retained offline raises an alert; back online resolves it.
     recorder.stop()
     rule = f"offline:recorder/{recorder.env['ISOPERF_INSTANCE']}"
     q = f"SELECT kind, severity FROM alert WHERE {w} AND \"rule\"='{rule}'"
-    assert [(r["kind"], r["severity"]) for r in wait_for(lambda: rows(stack, q))] == [("new", "critical")]  # type: ignore[union-attr]
+    assert [(r["kind"], r["severity"]) for r in wait_for(lambda: rows(stack, q))] == [("new", "critical")]
     services("recorder", ISOPERF_INSTANCE=recorder.env["ISOPERF_INSTANCE"])
     wait_for(lambda: [r["kind"] for r in rows(stack, q)] == ["new", "resolved"])
 
@@ -106,7 +113,7 @@ def test_stale_data_offline_service_silence_and_ack_from_the_command_line(stack,
     assert stale_id in listed and "stale_temperature" in listed
     cli(stack, "ack", theatre, session, stale_id, "--by", "anaesthetist")
     acks = wait_for(lambda: rows(stack, f"SELECT id, acknowledged_by, matched FROM alert_ack WHERE {w}"))
-    assert [(a["id"], a["acknowledged_by"], a["matched"]) for a in acks] == [(stale_id, "anaesthetist", True)]  # type: ignore[union-attr]
+    assert [(a["id"], a["acknowledged_by"], a["matched"]) for a in acks] == [(stale_id, "anaesthetist", True)]
     cli(
         stack,
         "silence",
@@ -126,4 +133,4 @@ def test_stale_data_offline_service_silence_and_ack_from_the_command_line(stack,
     )
     assert [(x["rule"], x["duration_s"], x["reason"]) for x in silences] == [
         ("stale_temperature", 1800.0, "probe swap")
-    ]  # type: ignore[union-attr]
+    ]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from isoperf.stack import find_binary, free_port
+from isoperf.tools.stack import find_binary, free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

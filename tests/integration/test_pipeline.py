@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -9,25 +10,30 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import ServiceProcess, wait_for
 from tests.helpers import count, mosquitto_pub, rows, settled, where
+from tests.stack import ControlledStack
 
 pytestmark = pytest.mark.integration
 
 N_READINGS = 3960 * 5  # the default simulated session: 66 min, 5 signals at 1 Hz
 
 
-def run_session(services, theatre: str, session: str, **sim: str):  # type: ignore[no-untyped-def]
+def run_session(services: Callable[..., ServiceProcess], theatre: str, session: str, **sim: str) -> ServiceProcess:
     env = {"ISOPERF_THEATRE": theatre, "ISOPERF_SESSION": session, "ISOPERF_SIM_SPEED": "0", **sim}
     return services("acquisition", **env)
 
 
-def test_hand_published_json_reading_is_stored_and_moves_leakage(stack, services, ids) -> None:  # type: ignore[no-untyped-def]
+def test_hand_published_json_reading_is_stored_and_moves_leakage(
+    stack: ControlledStack, services: Callable[..., ServiceProcess], ids: tuple[str, str]
+) -> None:
     theatre, session = ids
     services("recorder")
     services("leakage")
@@ -43,14 +49,16 @@ def test_hand_published_json_reading_is_stored_and_moves_leakage(stack, services
     stored = wait_for(
         lambda: rows(stack, f"SELECT value FROM reading WHERE {w} AND time = {int(reading['t'] * 1000)}ms")
     )
-    assert stored[0]["value"] == 5000.0  # type: ignore[index]
+    assert stored[0]["value"] == 5000.0
     after = wait_for(
         lambda: rows(stack, f"SELECT percent FROM leakage WHERE {w} AND time = {int(reading['t'] * 1000)}ms")
     )
-    assert after[0]["percent"] > before["last"] + 1.0  # type: ignore[index]
+    assert after[0]["percent"] > before["last"] + 1.0
 
 
-def test_garbage_on_every_topic_costs_no_valid_reading(stack, services, ids, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_garbage_on_every_topic_costs_no_valid_reading(
+    stack: ControlledStack, services: Callable[..., ServiceProcess], ids: tuple[str, str], tmp_path: Path
+) -> None:
     theatre, session = ids
     recorder = services("recorder")
     leakage = services("leakage")
@@ -89,7 +97,7 @@ def test_garbage_on_every_topic_costs_no_valid_reading(stack, services, ids, tmp
     assert recorder.alive() and leakage.alive()
     path = tmp_path / "deadletter" / "recorder.jsonl"
 
-    def kept() -> list[dict[str, object]]:
+    def kept() -> list[dict[str, Any]]:
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
     expected = {(topic, len(junk)) for topic in topics for junk in garbage}
@@ -105,10 +113,14 @@ def test_garbage_on_every_topic_costs_no_valid_reading(stack, services, ids, tmp
         "must match",
     ):
         assert reason in reasons
-    assert any(int(k["size"]) > 10_000_000 and k["truncated"] for k in kept())  # type: ignore[call-overload]
+    assert any(int(k["size"]) > 10_000_000 and k["truncated"] for k in kept())
+
     # The alerts and pk services kept every bad message aside and still work.
+    def kept_aside(name: str, topic: str) -> bool:
+        return topic in (tmp_path / "deadletter" / f"{name}.jsonl").read_text()
+
     for name, topic in (("alerts", f"{base}/alert/silence"), ("pk", f"{base}/sample"), ("alerts", f"{base}/leakage")):
-        wait_for(lambda n=name, tp=topic: tp in (tmp_path / "deadletter" / f"{n}.jsonl").read_text())  # type: ignore[misc]
+        wait_for(functools.partial(kept_aside, name, topic))
     leak = {"t": t0 + 100, "state": "monitoring", "percent": 3.0, "ci_low": 2.6, "ci_high": 3.4}
     mosquitto_pub(stack, f"{base}/leakage", json.dumps(leak).encode())
     wait_for(lambda: rows(stack, f"SELECT id FROM alert WHERE {w} AND kind='new'"))
@@ -116,7 +128,9 @@ def test_garbage_on_every_topic_costs_no_valid_reading(stack, services, ids, tmp
     assert [s.stop() for s in (recorder, leakage, alerts, pk)] == [0, 0, 0, 0]
 
 
-def test_sigkill_of_leakage_mid_session_loses_nothing(stack, services, ids) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_of_leakage_mid_session_loses_nothing(
+    stack: ControlledStack, services: Callable[..., ServiceProcess], ids: tuple[str, str]
+) -> None:
     theatre, session = ids
     services("recorder")
     leakage = services("leakage")
@@ -140,7 +154,7 @@ def test_sigkill_of_leakage_mid_session_loses_nothing(stack, services, ids) -> N
     # No seam: the series matches an uninterrupted run over the same stored readings.
     env = {**os.environ, **stack.env()}
     done = subprocess.run(
-        [sys.executable, "-m", "isoperf.cli", "reanalyse", theatre, session, "--name", "check"],
+        [sys.executable, "-m", "isoperf.tools.cli", "reanalyse", theatre, session, "--name", "check"],
         env=env,
         capture_output=True,
         text=True,
@@ -154,7 +168,9 @@ def test_sigkill_of_leakage_mid_session_loses_nothing(stack, services, ids) -> N
     assert max(abs(live[t] - ref[t]) for t in live) < 0.05
 
 
-def test_sigterm_drains_and_leaves_a_retained_offline_status(stack, services, ids) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_drains_and_leaves_a_retained_offline_status(
+    stack: ControlledStack, services: Callable[..., ServiceProcess], ids: tuple[str, str]
+) -> None:
     theatre, session = ids
     recorder = services("recorder")
     acq = run_session(services, theatre, session, ISOPERF_SIM_SPEED="0")
@@ -169,7 +185,9 @@ def test_sigterm_drains_and_leaves_a_retained_offline_status(stack, services, id
 
 
 @pytest.mark.parametrize("outage", ["broker", "influxdb"])
-def test_an_outage_mid_session_loses_nothing(stack, services, ids, outage: str) -> None:  # type: ignore[no-untyped-def]
+def test_an_outage_mid_session_loses_nothing(
+    stack: ControlledStack, services: Callable[..., ServiceProcess], ids: tuple[str, str], outage: str
+) -> None:
     """The broker restarts (services reconnect and resubscribe; the acquisition holds what it cannot
     send), or InfluxDB goes away (nothing can be stored, so nothing is acknowledged): no reading is lost."""
     theatre, session = ids

@@ -5,25 +5,31 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from isoperf.tools.stack import LocalStack
 from services.acquisition.simulator import SimConfig
 from services.pk.history import feed, stored_queries
 from services.pk.session import PkSession
-from tests.conftest import wait_for
+from tests.conftest import ServiceProcess, wait_for
 from tests.helpers import count, rows, where
+from tests.stack import ControlledStack
 
 pytestmark = pytest.mark.integration
 
 
-def last_pk(stack, w: str) -> dict | None:  # type: ignore[no-untyped-def,type-arg]
+def last_pk(stack: LocalStack, w: str) -> dict[str, Any] | None:
     got = rows(stack, f"SELECT * FROM pk WHERE {w} ORDER BY time DESC LIMIT 1")
     return got[0] if got else None
 
 
-def test_a_session_with_a_crash_gives_the_same_figures_as_an_offline_computation(stack, services, ids) -> None:  # type: ignore[no-untyped-def]
+def test_a_session_with_a_crash_gives_the_same_figures_as_an_offline_computation(
+    stack: ControlledStack, services: Callable[..., ServiceProcess], ids: tuple[str, str]
+) -> None:
     theatre, session = ids
     services("recorder")
     services("leakage")
@@ -69,14 +75,21 @@ def test_a_session_with_a_crash_gives_the_same_figures_as_an_offline_computation
     assert max(r["circuit_ug_ml"] for r in live) > 30
 
 
-def isoperf(stack, *argv: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+def isoperf(stack: LocalStack, *argv: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **stack.env()}
     return subprocess.run(
-        [sys.executable, "-m", "isoperf.cli", *argv], env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "isoperf.tools.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
-def test_lab_results_from_a_csv_all_or_nothing(stack, services, ids, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_lab_results_from_a_csv_all_or_nothing(
+    stack: ControlledStack, services: Callable[..., ServiceProcess], ids: tuple[str, str], tmp_path: Path
+) -> None:
     theatre, session = ids
     services("recorder")
     w = where(theatre, session)
@@ -96,9 +109,9 @@ def test_lab_results_from_a_csv_all_or_nothing(stack, services, ids, tmp_path: P
     done = isoperf(stack, "import-samples", theatre, session, str(good))
     assert done.returncode == 0, done.stderr
     stored = wait_for(
-        lambda: (r := rows(stack, f"SELECT melphalan_ug_ml, sample_id FROM sample WHERE {w}")) and len(r) == 3 and r
+        lambda: r if len(r := rows(stack, f"SELECT melphalan_ug_ml, sample_id FROM sample WHERE {w}")) == 3 else None
     )
-    assert [(r["sample_id"], r["melphalan_ug_ml"]) for r in stored] == [("c-01", 0.0), ("c-02", 41.5), ("c-03", 55.1)]  # type: ignore[union-attr]
+    assert [(r["sample_id"], r["melphalan_ug_ml"]) for r in stored] == [("c-01", 0.0), ("c-02", 41.5), ("c-03", 55.1)]
     assert count(stack, f"SELECT count(melphalan_ug_ml) FROM sample WHERE {w}") == 3, "the bad file stored nothing"
     done = isoperf(
         stack,

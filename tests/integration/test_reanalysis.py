@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
+from isoperf.tools.stack import LocalStack
+from services.leakage.commands import parse_overrides
 from services.leakage.estimator import EstimatorParams
-from services.leakage.reanalysis import parse_overrides
-from tests.conftest import wait_for
+from tests.conftest import ServiceProcess, wait_for
 from tests.helpers import rows, settled, where
+from tests.stack import ControlledStack
 
 pytestmark = pytest.mark.integration
 
 
-def reanalyse(stack, *args: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+def reanalyse(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
     import os
 
     env = {**os.environ, **stack.env()}
     return subprocess.run(
-        [sys.executable, "-m", "isoperf.cli", "reanalyse", *args],
+        [sys.executable, "-m", "isoperf.tools.cli", "reanalyse", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -29,7 +32,9 @@ def reanalyse(stack, *args: str) -> subprocess.CompletedProcess[str]:  # type: i
     )
 
 
-def test_reanalysis_reproduces_the_live_series_and_keeps_it_apart(stack, services, ids) -> None:  # type: ignore[no-untyped-def]
+def test_reanalysis_reproduces_the_live_series_and_keeps_it_apart(
+    stack: ControlledStack, services: Callable[..., ServiceProcess], ids: tuple[str, str]
+) -> None:
     theatre, session = ids
     services("recorder")
     services("leakage")
@@ -71,7 +76,7 @@ def test_reanalysis_reproduces_the_live_series_and_keeps_it_apart(stack, service
     assert after == {t: live[t]["percent"] for t in numbered}, "the live record is untouched"
 
 
-def test_reanalysis_of_an_unknown_session_says_so(stack) -> None:  # type: ignore[no-untyped-def]
+def test_reanalysis_of_an_unknown_session_says_so(stack: ControlledStack) -> None:
     result = reanalyse(stack, "nowhere", "nothing")
     assert result.returncode == 1 and "no stored counts for nowhere/nothing" in result.stderr
 
@@ -79,6 +84,11 @@ def test_reanalysis_of_an_unknown_session_says_so(stack) -> None:  # type: ignor
 def test_parameter_overrides() -> None:
     p = parse_overrides(EstimatorParams(), ["zero_end_s=150", "calibration_drift_correction=yes", "switch_z=3.5"])
     assert (p.zero_end_s, p.calibration_drift_correction, p.switch_z) == (150.0, True, 3.5)
-    for bad in (["zero_end=1"], ["zero_end_s"], ["shine_through_correction=maybe"], ["switch_z=high"]):
-        with pytest.raises(ValueError):
+    for bad, message in (
+        (["zero_end=1"], "expected NAME=VALUE"),
+        (["zero_end_s"], "expected NAME=VALUE"),
+        (["shine_through_correction=maybe"], "is true or false"),
+        (["switch_z=high"], "could not convert string to float"),
+    ):
+        with pytest.raises(ValueError, match=message):
             parse_overrides(EstimatorParams(), bad)

@@ -5,6 +5,7 @@ empty database."""
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import os
@@ -21,11 +22,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from isoperf import boards
-from isoperf.report import headless
-from isoperf.review import Store
 from isoperf.settings import ServiceSettings
-from isoperf.stack import LocalStack, StackError
+from isoperf.tools import boards
+from isoperf.tools.report import headless
+from isoperf.tools.review import Store
+from isoperf.tools.stack import LocalStack, StackError
 from tests.conftest import ServiceSet, wait_for
 from tests.helpers import count, mosquitto_pub, rows, settled, where
 
@@ -53,16 +54,17 @@ def recorded(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Ite
     th, se, _ = SESSIONS[0]
     w = where(th, se)
     first = wait_for(lambda: rows(stack, f"SELECT id FROM alert WHERE {w} AND kind='new'"), timeout=90)
-    ack = {"t": first[0]["time"] / 1000 + 1, "id": first[0]["id"], "by": "perfusionist"}  # type: ignore[index]
+    ack = {"t": first[0]["time"] / 1000 + 1, "id": first[0]["id"], "by": "perfusionist"}
     mosquitto_pub(stack, f"perfusion/{th}/{se}/alert/ack", json.dumps(ack).encode())
     for acq in acqs:
         assert acq.wait(timeout=150) == 0, acq.output()
+
+    def all_samples_in_pk(th: str, se: str) -> list[dict[str, Any]]:
+        return rows(stack, f"SELECT n_systemic FROM pk WHERE {where(th, se)} AND n_systemic = 7")
+
     for th, se, _ in SESSIONS:
-        wait_for(lambda th=th, se=se: settled(stack, th, se), timeout=90)  # type: ignore[misc]
-        wait_for(
-            lambda th=th, se=se: rows(stack, f"SELECT n_systemic FROM pk WHERE {where(th, se)} AND n_systemic = 7"),
-            timeout=60,
-        )  # type: ignore[misc]
+        wait_for(functools.partial(settled, stack, th, se), timeout=90)
+        wait_for(functools.partial(all_samples_in_pk, th, se), timeout=60)
     yield stack
     procs.stop_all()
 
@@ -105,7 +107,12 @@ def test_every_panel_annotation_and_variable_returns_data(recorded: LocalStack) 
 def isoperf(stack: LocalStack, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **stack.env(), **env}
     return subprocess.run(
-        [sys.executable, "-m", "isoperf.cli", *argv], env=full, capture_output=True, text=True, timeout=180, check=False
+        [sys.executable, "-m", "isoperf.tools.cli", *argv],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
 
 

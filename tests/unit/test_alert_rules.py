@@ -7,10 +7,11 @@ import asyncio
 import dataclasses
 import json
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
-from isoperf.schemas import Alert, AlertSilence, Leakage
+from isoperf.schemas import Alert, AlertKind, AlertSilence, Leakage
 from services.alerts.channels import Notice, Notifier
 from services.alerts.engine import SessionAlerts, from_state, to_state
 from services.alerts.rules import AlertRules
@@ -170,7 +171,7 @@ def test_rules_from_a_toml_file_and_bad_values(tmp_path: Path) -> None:
     names = {line.split(" = ")[0] for line in shipped.read_text().splitlines() if " = " in line}
     assert names == {f.name for f in dataclasses.fields(AlertRules)}
     with pytest.raises(ValueError, match="finite number"):
-        AlertRules().with_thresholds({"flow_min": "40"})  # type: ignore[dict-item]
+        AlertRules().with_thresholds({"flow_min": "40"})  # type: ignore[dict-item]  # a wrong type on purpose
     with pytest.raises(ValueError, match="unknown thresholds"):
         AlertRules().with_thresholds({"flow_minimum": 40.0})
 
@@ -188,14 +189,21 @@ async def test_escalation_channels_get_only_what_was_escalated_to_them_and_its_r
     team, oncall = Recorder("team"), Recorder("oncall")
     n = Notifier([team], [oncall])
 
-    def alert(kind: str, id: str) -> Notice:
-        status = "resolved" if kind == "resolved" else "firing"
+    def alert(kind: AlertKind, id: str) -> Notice:
+        status: Literal["firing", "resolved"] = "resolved" if kind == "resolved" else "firing"
         a = Alert(
             t=T, id=id, rule="leakage", severity="critical", status=status, value=6, threshold=5, message="m", kind=kind
-        )  # type: ignore[arg-type]
+        )
         return Notice("or-1", "s", a)
 
-    for kind, id in [("new", "a"), ("unacknowledged", "a"), ("new", "b"), ("resolved", "b"), ("resolved", "a")]:
+    sent: list[tuple[AlertKind, str]] = [
+        ("new", "a"),
+        ("unacknowledged", "a"),
+        ("new", "b"),
+        ("resolved", "b"),
+        ("resolved", "a"),
+    ]
+    for kind, id in sent:
         n.notify(alert(kind, id))
     await n.drain(5.0)
     assert team.got == ["new:a", "unacknowledged:a", "new:b", "resolved:b", "resolved:a"]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from isoperf import boards
+from isoperf.tools import boards
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
@@ -46,7 +46,7 @@ def test_panels_have_unique_ids_and_fit_the_grid_without_overlap(board: dict[str
     cells: set[tuple[int, int]] = set()
     for p in board["panels"]:
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["w"] > 0 and g["h"] > 0 and g["x"] + g["w"] <= 24, p["title"]
+        assert g["x"] >= 0 and g["w"] > 0 and g["h"] > 0 and g["x"] + g["w"] <= 24, p["title"]
         mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
         assert not mine & cells, f"{p['title']} overlaps another panel"
         cells |= mine

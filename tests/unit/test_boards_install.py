@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from isoperf import boards
-from isoperf.stack import free_port
+from isoperf.tools import boards
+from isoperf.tools.stack import free_port
 
 
 @pytest.fixture
@@ -60,6 +60,7 @@ def grafana() -> Iterator[tuple[str, list[tuple[str, str, Any]]]]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://admin:secret@127.0.0.1:{server.server_address[1]}", seen
     server.shutdown()
+    server.server_close()
 
 
 def test_install_creates_then_updates_the_data_source_folder_and_boards(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from isoperf.cli import SERVICES
+from isoperf.tools.cli import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -30,7 +30,7 @@ def example_env() -> dict[str, str]:
         for line in (ROOT / ".env.example").read_text().splitlines()
         if re.match(r"^[A-Z_0-9]+=", line)
     )
-    return {k: v for k, v in pairs}
+    return dict(pairs)
 
 
 def test_every_service_volume_and_file_it_names_exists() -> None:

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from isoperf.isotopes import HALF_LIFE_S, decay_constant_per_s
+from isoperf.domain.isotopes import HALF_LIFE_S, decay_constant_per_s
+from isoperf.schemas import Leakage
 from services.leakage.estimator import EstimatorParams, LeakageEstimator
 from services.leakage.formula import (
     activity_ratio,
@@ -50,7 +51,7 @@ def test_shine_through_correction_hand_checked() -> None:
     assert plain == pytest.approx(0.97, rel=1e-12)
     assert shine_through_corrected_percent(plain, 10.0, 300.0, 90.0) == pytest.approx(1.0, rel=1e-12)
     assert shine_through_corrected_percent(plain, 10.0, 300.0, 0.0) == plain
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not below the circuit dose"):
         shine_through_corrected_percent(1.0, 10.0, 300.0, 3000.0)
 
 
@@ -58,7 +59,7 @@ def test_shine_through_correction_hand_checked() -> None:
     "args", [(385.0, 355.0, 40.0, 40.0, 10.0), (385.0, 355.0, 340.0, 40.0, 0.0), (385.0, 355.0, 30.0, 40.0, 10.0)]
 )
 def test_formula_rejects_nonsense(args: tuple[float, ...]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need k > 0 and a calibration rise > 0"):
         leakage_percent(*args)
 
 
@@ -88,7 +89,7 @@ def leak_profile(t: float) -> float:
     return 0.0 if t < T0 + 1500 else 2.0  # a 2 % step 1500 s into the session
 
 
-def feed(est: LeakageEstimator, lam: float, t_end: float = 2400.0, events: bool = True) -> list:  # type: ignore[type-arg]
+def feed(est: LeakageEstimator, lam: float, t_end: float = 2400.0, events: bool = True) -> list[Leakage]:
     if events:
         est.add_event("calibration_dose", T_CAL, 20.0)
         est.add_event("perfusion_dose", T_PERF, 200.0)
@@ -110,7 +111,9 @@ def test_noise_free_session_recovers_leak(isotope: str) -> None:
     assert by_t[T0 + 1400.0].percent == pytest.approx(0.0, abs=1e-6)
     # Without decay-correcting k, Tc-99m would read 2.2 % low here (exp(lambda * 900 s)).
     assert by_t[T0 + 2400.0].percent == pytest.approx(2.0, abs=0.005)
-    assert by_t[T0 + 2400.0].ci_low < 2.0 < by_t[T0 + 2400.0].ci_high
+    end = by_t[T0 + 2400.0]
+    assert end.ci_low is not None and end.ci_high is not None
+    assert end.ci_low < 2.0 < end.ci_high
     assert any(p.step for p in points if T0 + 1500 <= p.t <= T0 + 1530), "the 2 % step is flagged"
 
 

@@ -9,51 +9,33 @@ import pytest
 
 from isoperf.codec import decode, encode
 from isoperf.schemas import Event, Leakage, Reading, ReadingBatch
-from isoperf.topics import Topics
 from services.alerts.handler import AlertsHandler
 from services.alerts.rules import AlertRules
 from services.leakage.estimator import EstimatorParams
 from services.leakage.handler import LeakageHandler
 from services.recorder.handler import RecorderHandler
+from tests.fakes import TOPICS, FakePublisher, FakeWriter, deliver
 
 T = 1_767_225_600.0
-TOPICS = Topics()
-
-
-class FakeWriter:
-    def __init__(self) -> None:
-        self.buffer: list[str] = []
-        self.stored: list[str] = []
-
-    def add(self, lines: list[str]) -> None:
-        self.buffer.extend(lines)
-
-    async def flush(self) -> None:
-        self.stored.extend(self.buffer)
-        self.buffer.clear()
-
-
-class FakePublisher:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes]] = []
-
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        self.sent.append((topic, payload))
 
 
 async def test_recorder_stores_a_batch_and_refuses_bad_input_without_side_effects() -> None:
     writer = FakeWriter()
-    rec = RecorderHandler(TOPICS, writer, 1_048_576)  # type: ignore[arg-type]
+    rec = RecorderHandler(writer)
     batch = ReadingBatch(samples=[(T, 10.0), (T + 1, 11.0)], dt=1.0)
-    await rec.handle(TOPICS.raw("or-1", "s-1", "counts"), encode(batch))
-    for bad_topic, bad in [
-        (TOPICS.raw("or-1", "s-1", "counts"), json.dumps({"samples": [[T, 1], [T, "x"]]}).encode()),
-        (TOPICS.raw("or-1", "s-1", "flow"), b"\x00\x01garbage"),
-        (TOPICS.raw("or-1", "s-1", "temperature"), encode(Reading(t=T, v=99.0))),
-        ("perfusion/OR-1/s-1/event", encode(Event(t=T, type="session_start"))),
+    await deliver(rec, TOPICS.raw("or-1", "s-1", "counts"), encode(batch))
+    for bad_topic, bad, reason in [
+        (
+            TOPICS.raw("or-1", "s-1", "counts"),
+            json.dumps({"samples": [[T, 1], [T, "x"]]}).encode(),
+            "Input should be a valid number",
+        ),
+        (TOPICS.raw("or-1", "s-1", "flow"), b"\x00\x01garbage", "not MessagePack or JSON"),
+        (TOPICS.raw("or-1", "s-1", "temperature"), encode(Reading(t=T, v=99.0)), "outside"),
+        ("perfusion/OR-1/s-1/event", encode(Event(t=T, type="session_start")), "must match"),
     ]:
-        with pytest.raises(ValueError):
-            await rec.handle(bad_topic, bad)
+        with pytest.raises(ValueError, match=reason):
+            await deliver(rec, bad_topic, bad)
     await rec.flush()
     assert len(writer.stored) == 2 and rec.stored_readings == 2
     assert all(",signal=counts," in line for line in writer.stored)
@@ -62,7 +44,7 @@ async def test_recorder_stores_a_batch_and_refuses_bad_input_without_side_effect
 async def test_leakage_handler_publishes_then_stores_and_skips_redelivered_samples() -> None:
     writer, pub = FakeWriter(), FakePublisher()
     params = EstimatorParams(plateau_min_wait_s=0, plateau_window_s=30, zero_start_s=5, zero_end_s=10)
-    h = LeakageHandler(TOPICS, pub, writer, None, params, 1_048_576)  # type: ignore[arg-type]
+    h = LeakageHandler(TOPICS, pub, writer, None, params)
     meta = {
         "t": T,
         "procedure": "IHHP",
@@ -71,17 +53,17 @@ async def test_leakage_handler_publishes_then_stores_and_skips_redelivered_sampl
         "circuit_volume_ml": 220,
         "melphalan_mg_per_kg": 1,
     }
-    await h.handle(TOPICS.session("or-1", "s-1", "meta"), json.dumps(meta).encode())
+    await deliver(h, TOPICS.session("or-1", "s-1", "meta"), json.dumps(meta).encode())
     assert not h.sessions, "a retained meta alone does not start a session"
-    await h.handle(
-        TOPICS.session("or-1", "s-1", "event"), encode(Event(t=T + 10, type="calibration_dose", activity_mbq=20))
+    await deliver(
+        h, TOPICS.session("or-1", "s-1", "event"), encode(Event(t=T + 10, type="calibration_dose", activity_mbq=20))
     )
-    await h.handle(
-        TOPICS.session("or-1", "s-1", "event"), encode(Event(t=T + 80, type="perfusion_dose", activity_mbq=200))
+    await deliver(
+        h, TOPICS.session("or-1", "s-1", "event"), encode(Event(t=T + 80, type="perfusion_dose", activity_mbq=200))
     )
     # Counts wobble by one around their level: a probe never repeats itself exactly.
     counts = [(T + i, (40.0 if i <= 10 else 340.0 + (30.0 if i > 100 else 0.0)) + (i % 3 - 1)) for i in range(1, 121)]
-    await h.handle(TOPICS.raw("or-1", "s-1", "counts"), encode(ReadingBatch(samples=counts, dt=1.0)))
+    await deliver(h, TOPICS.raw("or-1", "s-1", "counts"), encode(ReadingBatch(samples=counts, dt=1.0)))
     await h.flush()
     published = [decode(p) for _, p in pub.sent]
     assert len(published) == 120 and len(writer.stored) == 120
@@ -90,19 +72,19 @@ async def test_leakage_handler_publishes_then_stores_and_skips_redelivered_sampl
     assert last["state"] == "monitoring"
     assert last["percent"] == pytest.approx(1.0, abs=0.1)  # 30 cps / (10 * 300 cps), 20 s after the step
     # The same batch again (a redelivery after a crash) yields nothing new.
-    await h.handle(TOPICS.raw("or-1", "s-1", "counts"), encode(ReadingBatch(samples=counts, dt=1.0)))
+    await deliver(h, TOPICS.raw("or-1", "s-1", "counts"), encode(ReadingBatch(samples=counts, dt=1.0)))
     await h.flush()
     assert len(pub.sent) == 120
 
 
 async def test_leakage_handler_refuses_what_it_does_not_take() -> None:
-    h = LeakageHandler(TOPICS, FakePublisher(), FakeWriter(), None, EstimatorParams(), 1024)  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
-        await h.handle(TOPICS.session("or-1", "s-1", "sample"), b"{}")
+    h = LeakageHandler(TOPICS, FakePublisher(), FakeWriter(), None, EstimatorParams())
+    with pytest.raises(ValueError, match="does not take 'sample' messages"):
+        await deliver(h, TOPICS.session("or-1", "s-1", "sample"), b"{}")
     with pytest.raises(ValueError, match="exceeds"):
-        await h.handle(TOPICS.raw("or-1", "s-1", "counts"), b"{" + b" " * 4096 + b"}")
+        await deliver(h, TOPICS.raw("or-1", "s-1", "counts"), b"{" + b" " * 4096 + b"}", max_bytes=1024)
     with pytest.raises(ValueError, match="outside"):
-        await h.handle(TOPICS.raw("or-1", "s-1", "counts"), encode(Reading(t=T, v=-5.0)))
+        await deliver(h, TOPICS.raw("or-1", "s-1", "counts"), encode(Reading(t=T, v=-5.0)))
     assert not h.sessions
 
 
@@ -116,11 +98,10 @@ async def test_ended_quiet_sessions_leave_memory() -> None:
         FakeWriter(),
         None,
         EstimatorParams(),
-        1_048_576,  # type: ignore[arg-type]
         clock=lambda: now[0],
     )
-    await h.handle(TOPICS.session("or-1", "s-1", "event"), encode(Event(t=T, type="session_start")))
-    await h.handle(TOPICS.session("or-1", "s-2", "event"), encode(Event(t=T, type="session_end")))
+    await deliver(h, TOPICS.session("or-1", "s-1", "event"), encode(Event(t=T, type="session_start")))
+    await deliver(h, TOPICS.session("or-1", "s-2", "event"), encode(Event(t=T, type="session_end")))
     await h.flush()
     assert set(h.sessions) == {("or-1", "s-1"), ("or-1", "s-2")}
     now[0] += handler_module.EVICT_ENDED_AFTER_S + 1
@@ -132,14 +113,14 @@ async def test_alerts_handler_sets_an_unreadable_state_aside_and_still_alerts(tm
     state = tmp_path / "alerts-state.json"
     state.write_text(json.dumps({"sessions": [{"theatre": "or-1", "session": "s-1", "firing": {"leakage": {}}}]}))
     writer, pub = FakeWriter(), FakePublisher()
-    h = AlertsHandler(TOPICS, pub, writer, AlertRules(), state, 1_048_576)  # type: ignore[arg-type]
-    assert not state.exists() and len(list(tmp_path.glob("alerts-state.json.unreadable-*"))) == 1
+    h = AlertsHandler(TOPICS, pub, writer, AlertRules(), state)
+    assert not state.exists() and len(list(tmp_path.glob("alerts-state.json.unreadable-*"))) == 1  # noqa: ASYNC240  (a test: nothing else waits on the loop)
     leak = Leakage(t=T, state="monitoring", percent=3.0, ci_low=2.5, ci_high=3.5)
-    await h.handle(TOPICS.session("or-1", "s-1", "leakage"), encode(leak))
+    await deliver(h, TOPICS.session("or-1", "s-1", "leakage"), encode(leak))
     assert [decode(p)["kind"] for _, p in pub.sent] == ["new"], "published before anything is stored"
     assert writer.stored == []
     await h.flush()
     assert len(writer.stored) == 1 and writer.stored[0].startswith("alert,")
     saved = json.loads(state.read_text())
     assert saved["version"] == 2 and saved["sessions"][0]["firing"]["leakage"]["severity"] == "warning"
-    await h.aclose()
+    await h.close()

@@ -172,9 +172,9 @@ def test_bad_topics_are_refused(topic: str) -> None:
 
 
 def test_ids_are_validated_when_building() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must match"):
         Topics().session("Theatre 1", "s", "event")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown signal"):
         Topics().raw("or-1", "s", "heartbeat")
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from isoperf.schemas import LabSample
 from services.acquisition.simulator import LeakScenario, SimConfig, SimulatedSession, simulate
-from services.pk.commands import ImportError_, read_csv
+from services.pk.commands import SampleFileError, read_csv
 from services.pk.session import PkSession
 
 
@@ -115,12 +115,12 @@ def test_csv_import_reads_times_in_the_given_zone() -> None:
     ],
 )
 def test_a_malformed_row_imports_nothing_and_is_named(bad_row: str, message: str) -> None:
-    with pytest.raises(ImportError_) as err:
+    with pytest.raises(SampleFileError) as err:
         read_csv(io.StringIO(CSV + bad_row + "\n"), ZoneInfo("UTC"))
     assert any(e.startswith(message) for e in err.value.errors), err.value.errors
     assert len(err.value.errors) == 1
 
 
 def test_a_header_without_the_columns_is_refused() -> None:
-    with pytest.raises(ImportError_, match="missing column"):
+    with pytest.raises(SampleFileError, match="missing column"):
         read_csv(io.StringIO("time,where,value\n1,circuit,2\n"), ZoneInfo("UTC"))

@@ -22,7 +22,7 @@ def test_timeline_is_in_time_order_with_all_items() -> None:
     assert len(items) == len(s.events) + sum(len(v) for v in s.readings.values()) + len(s.samples)
     # Lab results come on the bus when the lab reports them, after the draw.
     reported = [(t, item) for t, kind, item in items if kind == "sample"]
-    assert len(reported) == 14 and all(t == item.t + s.config.lab_delay_s for t, item in reported)  # type: ignore[union-attr]
+    assert len(reported) == 14 and all(t == item.t + s.config.lab_delay_s for t, item in reported)
     assert [e.type for e in s.events][:4] == ["session_start", "calibration_dose", "isolation_start", "perfusion_dose"]
 
 

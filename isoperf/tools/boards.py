@@ -14,12 +14,14 @@ Every panel reads InfluxDB through InfluxQL on the provisioned data source
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 DATASOURCE = {"type": "influxdb", "uid": "isoperf-influxdb"}
-BOARDS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dashboards"
+BOARDS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards"
 SESSION = """"theatre" = '$theatre' AND "session" = '$session'"""
 LEVELS = ((1.0, "#2E86C1"), (2.0, "#F39C12"), (5.0, "#E74C3C"), (10.0, "#7B241C"))
 
@@ -49,7 +51,10 @@ def _panel(kind: str, title: str, targets: list[dict[str, Any]], unit: str = "no
 
 
 def _signal(signal: str, title: str, unit: str) -> Panel:
-    q = f"""SELECT mean("value") FROM "reading" WHERE {SESSION} AND "signal" = '{signal}' AND $timeFilter GROUP BY time($__interval) fill(none)"""
+    q = (
+        f"""SELECT mean("value") FROM "reading" WHERE {SESSION} AND "signal" = '{signal}' AND $timeFilter """
+        "GROUP BY time($__interval) fill(none)"
+    )
     return _panel("timeseries", title, [_target(q, alias=title)], unit)
 
 
@@ -305,7 +310,8 @@ def overview() -> dict[str, Any]:
                 (
                     _table(
                         "Sessions: current leakage and state",
-                        f'SELECT last("percent") AS "leakage %", last("state") AS "state" FROM "leakage" {recent} GROUP BY "theatre", "session"',
+                        'SELECT last("percent") AS "leakage %", last("state") AS "state" '
+                        f'FROM "leakage" {recent} GROUP BY "theatre", "session"',
                     ),
                     24,
                     8,
@@ -315,8 +321,10 @@ def overview() -> dict[str, Any]:
                 (
                     _table(
                         "Alerts firing",
-                        'SELECT "status", "rule", "severity", "message" FROM (SELECT last("status") AS "status", last("message") AS "message" '
-                        f'FROM "alert" {recent} GROUP BY "theatre", "session", "rule", "severity") WHERE "status" = \'firing\' GROUP BY "theatre", "session"',
+                        'SELECT "status", "rule", "severity", "message" FROM '
+                        '(SELECT last("status") AS "status", last("message") AS "message" '
+                        f'FROM "alert" {recent} GROUP BY "theatre", "session", "rule", "severity") '
+                        'WHERE "status" = \'firing\' GROUP BY "theatre", "session"',
                     ),
                     24,
                     8,
@@ -404,12 +412,11 @@ def install(grafana_url: str, token: str | None, ds: dict[str, Any], folder: str
     return done
 
 
-def main(argv: list[str]) -> int:
-    import argparse
-    import os
-
-    ap = argparse.ArgumentParser(
-        prog="isoperf boards", description="The Grafana boards: write the files, or install them into a Grafana."
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ap = commands.add_parser(
+        "boards",
+        help="write the Grafana boards, or install them into a Grafana",
+        description="The Grafana boards: write the files, or install them into a Grafana.",
     )
     sub = ap.add_subparsers(dest="what", required=True)
     sub.add_parser("write", help=f"regenerate the dashboard files in {BOARDS_DIR}")
@@ -427,7 +434,10 @@ def main(argv: list[str]) -> int:
         help="as Grafana reaches it",
     )
     inst.add_argument("--database", default=os.environ.get("ISOPERF_INFLUX_DATABASE", "perfusion"))
-    args = ap.parse_args(argv)
+    ap.set_defaults(run=_boards)
+
+
+def _boards(args: argparse.Namespace) -> int:
     if args.what == "write":
         for path in write():
             print(f"wrote {path}")

@@ -6,10 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
-
-from isoperf.review import ReviewError, Store
 from isoperf.topics import check_id
+
+HELP = {
+    "sessions": "list the stored sessions",
+    "summary": "one stored session's figures",
+    "export": "export a stored session to CSV or Parquet",
+    "report": "a stored session's report, HTML and PDF",
+}
 
 
 def _ids(ap: argparse.ArgumentParser) -> None:
@@ -17,8 +21,14 @@ def _ids(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("session")
 
 
-def main(command: str, argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog=f"isoperf {command}")
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for command, text in HELP.items():
+        ap = commands.add_parser(command, help=text)
+        _arguments(command, ap)
+        ap.set_defaults(run=_run, command=command)
+
+
+def _arguments(command: str, ap: argparse.ArgumentParser) -> None:
     if command == "sessions":
         ap.description = "List the stored sessions."
     elif command == "summary":
@@ -34,13 +44,21 @@ def main(command: str, argv: list[str]) -> int:
         _ids(ap)
         ap.add_argument("--out", type=Path, help="HTML file (default: report-THEATRE-SESSION.html)")
         ap.add_argument("--pdf", action="store_true", help="also print it to PDF with headless Chromium")
-    args = ap.parse_args(argv)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import pandas as pd  # the review extra: imported only when a review command runs
+
+    from isoperf.tools.review import ReviewError, Store
+
+    command = args.command
     store = Store()
     try:
         if command == "sessions":
             table = store.sessions()
             if table.empty:
-                print(f"No sessions stored yet in database {store.settings.influx_database!r}.")  # type: ignore[union-attr]
+                assert store.settings is not None  # set by Store.__post_init__
+                print(f"No sessions stored yet in database {store.settings.influx_database!r}.")
                 return 0
             table["start"] = table["start"].dt.strftime("%Y-%m-%d %H:%M")
             with pd.option_context("display.width", 200, "display.max_columns", 20):
@@ -55,7 +73,7 @@ def main(command: str, argv: list[str]) -> int:
             for path in store.export(theatre, session, args.out, args.format):
                 print(path)
         else:
-            from isoperf.report import render
+            from isoperf.tools.report import render
 
             out = args.out or Path(f"report-{theatre}-{session}.html")
             for path in render(store, theatre, session, out, pdf=args.pdf):

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import dataclasses
 import sys
+from typing import Any
 
 from isoperf.influx import InfluxClient, InfluxWriter, line
 from isoperf.lifecycle import configure_logging
@@ -28,7 +29,7 @@ MEASUREMENT = "leakage_reanalysis"
 def parse_overrides(base: EstimatorParams, items: list[str]) -> EstimatorParams:
     """``["zero_end_s=150", "calibration_drift_correction=true"]`` applied to ``base``; ``ValueError`` if unknown."""
     fields = {f.name: f for f in dataclasses.fields(base)}
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # each value of its field's type, known only at run time
     for item in items:
         name, sep, raw = item.partition("=")
         if not sep or name not in fields:
@@ -40,7 +41,7 @@ def parse_overrides(base: EstimatorParams, items: list[str]) -> EstimatorParams:
             changes[name] = raw.lower() in ("true", "1", "yes")
         else:
             changes[name] = type(current)(raw)
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(base, **changes)
 
 
 async def reanalyse(settings: LeakageSettings, theatre: str, session: str, name: str, params: EstimatorParams) -> int:
@@ -72,15 +73,21 @@ async def reanalyse(settings: LeakageSettings, theatre: str, session: str, name:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="isoperf reanalyse", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ap = commands.add_parser(
+        "reanalyse",
+        help="recompute leakage for a stored session as a separate series",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("theatre")
     ap.add_argument("session")
     ap.add_argument("--name", default="reanalysis", help="the analysis tag of the new series (default: %(default)s)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="change an estimator parameter")
-    args = ap.parse_args(argv)
+    ap.set_defaults(run=lambda args: _reanalyse_main(ap, args))
+
+
+def _reanalyse_main(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     settings = LeakageSettings()
     configure_logging(settings.log_level)
     try:

@@ -22,8 +22,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from isoperf.boards import LEVELS
-from isoperf.review import ReviewError, Store
+from isoperf.tools.boards import LEVELS
+from isoperf.tools.review import ReviewError, Store
 
 SEVERITY_COLOURS = {"advisory": "#2E86C1", "warning": "#F39C12", "critical": "#E74C3C", "stop": "#7B241C"}
 

@@ -21,7 +21,7 @@ import aiomqtt
 
 from isoperf.codec import decode
 from isoperf.queries import count, leakage_caught_up, session_where
-from isoperf.stack import LocalStack, StackError
+from isoperf.tools.stack import LocalStack, StackError
 from isoperf.topics import Topics
 
 CONSUMERS = ("recorder", "leakage", "alerts", "pk")
@@ -29,7 +29,9 @@ CONSUMERS = ("recorder", "leakage", "alerts", "pk")
 
 def _spawn(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
     log = (logs / f"{name}.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "isoperf.cli", name], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "isoperf.tools.cli", name], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     log.close()
     return proc
 
@@ -187,6 +189,16 @@ def _wait_pk(stack: LocalStack, theatre: str, session: str, timeout_s: float = 3
     return False
 
 
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser("demo", help="run a whole simulated IHHP session through the real stack")
+    demo.add_argument("--dir", default=".isoperf/demo", help="where the demo keeps its data (default: %(default)s)")
+    demo.add_argument("--speed", type=float, default=60.0, help="simulation speed factor (default: %(default)s)")
+    demo.add_argument("--leak", choices=["none", "steady", "step"], default="step")
+    demo.add_argument("--isotope", choices=["Tc-99m", "I-131", "In-111"], default="Tc-99m")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.set_defaults(run=run_demo)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     logs = directory / "logs"
@@ -229,7 +241,7 @@ def run_demo(args: argparse.Namespace) -> int:
             acq = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "isoperf.cli",
+                "isoperf.tools.cli",
                 "acquisition",
                 env=sim_env,
                 stdout=(logs / "acquisition.log").open("ab"),

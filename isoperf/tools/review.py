@@ -1,6 +1,6 @@
 """Stored sessions after the fact, from Python and from the command line.
 
-    from isoperf.review import Store
+    from isoperf.tools.review import Store
     store = Store()                       # ISOPERF_INFLUX_* settings, as the services use
     store.sessions()                      # one row per stored session (a DataFrame)
     data = store.load("theatre-1", "s-1") # a DataFrame per measurement (time-indexed, UTC)

@@ -8,13 +8,14 @@ publishes ``online`` once it is subscribed, and the broker publishes its
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 
 import aiomqtt
 
-from isoperf.mqtt import tool_client
 from isoperf.settings import ServiceSettings
+from isoperf.sources.mqtt import tool_client
 from isoperf.topics import Topics
 
 
@@ -31,12 +32,17 @@ async def status(settings: ServiceSettings, service: str, timeout_s: float = 5.0
     return None
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: isoperf health SERVICE", file=sys.stderr)
-        return 2
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ap = commands.add_parser(
+        "health", help="exit 0 if a service's MQTT status is online (container health checks)", description=__doc__
+    )
+    ap.add_argument("service")
+    ap.set_defaults(run=_health)
+
+
+def _health(args: argparse.Namespace) -> int:
     try:
-        got = asyncio.run(status(ServiceSettings(), argv[0]))
+        got = asyncio.run(status(ServiceSettings(), args.service))
     except aiomqtt.MqttError as exc:
         print(f"unhealthy: broker: {exc}", file=sys.stderr)
         return 1

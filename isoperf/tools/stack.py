@@ -7,6 +7,7 @@ in temporary directories).
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import json
 import os
@@ -14,11 +15,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
+
+from isoperf.influx import Row, rows_of
 
 INSTALL_HINT = "install them with: sudo apt-get install mosquitto influxdb   (or run scripts/bootstrap as root)"
 
@@ -75,6 +81,7 @@ class LocalStack:
             "ISOPERF_INFLUX_URL": self.influx_url,
             "ISOPERF_INFLUX_DATABASE": self.database,
             "ISOPERF_DEADLETTER_DIR": str(self.directory / "deadletter"),
+            "ISOPERF_JOURNAL_DIR": str(self.directory / "journal"),
         }
 
     # -- configuration -----------------------------------------------------------------
@@ -139,20 +146,24 @@ bind-address = "{self.host}:{free_port()}"
     # -- processes ------------------------------------------------------------------
 
     def start(self, timeout_s: float = 60.0) -> Self:
-        mosquitto = find_binary("mosquitto")
-        influxd = find_binary("influxd")
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
-            self._spawn("mosquitto", [mosquitto, "-c", str(self._mosquitto_conf())])
-            self._spawn("influxd", [influxd, "-config", str(self._influx_conf())])
+            self.spawn_broker()
+            self.spawn_influx()
             deadline = time.monotonic() + timeout_s
-            self._wait(lambda: self._tcp_open(self.mqtt_port), "mosquitto", deadline)
-            self._wait(self._influx_ready, "influxd", deadline)
+            self.wait_ready(lambda: self.tcp_open(self.mqtt_port), "mosquitto", deadline)
+            self.wait_ready(self.influx_ready, "influxd", deadline)
             self.create_database()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def spawn_broker(self) -> None:
+        self._spawn("mosquitto", [find_binary("mosquitto"), "-c", str(self._mosquitto_conf())])
+
+    def spawn_influx(self) -> None:
+        self._spawn("influxd", [find_binary("influxd"), "-config", str(self._influx_conf())])
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.directory / f"{name}.log").open("ab")
@@ -161,8 +172,7 @@ bind-address = "{self.host}:{free_port()}"
         )
         log.close()
 
-    def _wait(self, ready: object, name: str, deadline: float) -> None:
-        assert callable(ready)
+    def wait_ready(self, ready: Callable[[], bool], name: str, deadline: float) -> None:
         while time.monotonic() < deadline:
             proc = self._procs[name]
             if proc.poll() is not None:
@@ -173,14 +183,14 @@ bind-address = "{self.host}:{free_port()}"
             time.sleep(0.1)
         raise StackError(f"{name} did not answer in time; see {self.directory / (name + '.log')}")
 
-    def _tcp_open(self, port: int) -> bool:
+    def tcp_open(self, port: int) -> bool:
         try:
             with socket.create_connection((self.host, port), timeout=0.5):
                 return True
         except OSError:
             return False
 
-    def _influx_ready(self) -> bool:
+    def influx_ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.influx_url}/ping", timeout=1) as resp:
                 return bool(resp.status == 204)
@@ -201,14 +211,13 @@ bind-address = "{self.host}:{free_port()}"
         series: list[dict[str, Any]] = result.get("series", [])
         return series
 
-    def rows(self, q: str) -> list[dict[str, Any]]:
+    def rows(self, q: str) -> list[Row]:
         """Run InfluxQL and return every row of every series as a dict (time in epoch ms, tags merged in)."""
-        out: list[dict[str, Any]] = []
-        for s in self.influxql(q):
-            tags = s.get("tags") or {}
-            for values in s["values"]:
-                out.append({**dict(zip(s["columns"], values, strict=True)), **tags})
-        return out
+        return rows_of(self.influxql(q))
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        """The running ``mosquitto`` or ``influxd`` process."""
+        return self._procs[name]
 
     def wait_status(self, service: str, instance: str, want: str = "online", timeout_s: float = 30.0) -> bool:
         """Wait until a service's retained status topic says ``want``; False if it did not in time."""
@@ -246,28 +255,39 @@ bind-address = "{self.host}:{free_port()}"
                 print(f"{name} did not stop on SIGTERM and was killed")
         self._procs.clear()
 
-    def stop_broker(self) -> None:
-        """Stop Mosquitto (it saves its persistent sessions); ``restart_broker`` brings it back."""
-        proc = self._procs["mosquitto"]
-        proc.terminate()
-        proc.wait(timeout=15)
-
-    def restart_broker(self, timeout_s: float = 20.0) -> None:
-        self._spawn("mosquitto", [find_binary("mosquitto"), "-c", str(self._mosquitto_conf())])
-        self._wait(lambda: self._tcp_open(self.mqtt_port), "mosquitto", time.monotonic() + timeout_s)
-
-    def stop_influx(self) -> None:
-        """Stop InfluxDB (for failure tests); ``restart_influx`` brings it back with its data."""
-        proc = self._procs["influxd"]
-        proc.terminate()
-        proc.wait(timeout=30)
-
-    def restart_influx(self, timeout_s: float = 60.0) -> None:
-        self._spawn("influxd", [find_binary("influxd"), "-config", str(self._influx_conf())])
-        self._wait(self._influx_ready, "influxd", time.monotonic() + timeout_s)
-
     def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    st = commands.add_parser("stack", help="run Mosquitto and InfluxDB locally until Ctrl-C or SIGTERM")
+    st.add_argument("--dir", default=".isoperf/stack", help="state directory (default: %(default)s)")
+    st.add_argument("--mqtt-port", type=int, default=1883)
+    st.add_argument("--influx-port", type=int, default=8086)
+    st.set_defaults(run=_run_stack)
+
+
+def _run_stack(args: argparse.Namespace) -> int:
+    try:
+        stack = LocalStack(Path(args.dir), mqtt_port=args.mqtt_port, influx_port=args.influx_port).start()
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Mosquitto  mqtt://{stack.host}:{stack.mqtt_port}")
+    print(f"InfluxDB   {stack.influx_url}  (database {stack.database})")
+    print(f"Data in    {stack.directory}")
+    print("Point the services at it with:")
+    for k, v in stack.env().items():
+        print(f"  export {k}={v}")
+    print("Ctrl-C (or SIGTERM) stops both.")
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    finally:
+        stack.stop()
+    return 0

@@ -1,0 +1,78 @@
+"""What a service sends: an outbox that keeps each message until the broker has it, and the one
+way derived results leave a service, published at once and stored with the next flush."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+
+from isoperf.influx import LineSink
+from isoperf.sources import Publisher
+
+
+class Outbox:
+    """Messages waiting to be published, in order, each kept until the broker acknowledged it."""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[str, bytes, bool]] = deque()
+        self._nonempty = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._lock = asyncio.Lock()
+
+    def put(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self._items.append((topic, payload, retain))
+        self._nonempty.set()
+        self._empty.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def send(self, publisher: Publisher) -> None:
+        """Publish what is queued, in order, removing each message only once the broker has it."""
+        async with self._lock:
+            while self._items:
+                topic, payload, retain = self._items[0]
+                await publisher.publish(topic, payload, retain=retain)
+                self._items.popleft()
+            self._nonempty.clear()
+            self._empty.set()
+
+    async def drain_to(self, publisher: Publisher) -> None:
+        """Publish forever, as messages are put."""
+        while True:
+            await self._nonempty.wait()
+            await self.send(publisher)
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()
+
+
+class Emitter:
+    """Derived results (leakage, pk, alerts): on the bus at once, in the record with the next flush.
+
+    The live path never waits for storage; the input is acknowledged only after ``flush``
+    returned, so a crash before it loses nothing (the input comes again).
+    """
+
+    def __init__(self, publisher: Publisher, sink: LineSink) -> None:
+        self.publisher, self.sink = publisher, sink
+        self.outbox = Outbox()
+
+    def emit(self, topic: str, payload: bytes, lines: Iterable[str]) -> None:
+        self.outbox.put(topic, payload)
+        self.sink.add(lines)
+
+    async def send(self) -> None:
+        """Publish what was emitted, now."""
+        await self.outbox.send(self.publisher)
+
+    async def flush(self) -> None:
+        """Store what was emitted; publish anything a lost connection held back."""
+        await self.sink.flush()
+        await self.outbox.send(self.publisher)
+
+    def __len__(self) -> int:
+        """Emitted and not yet published."""
+        return len(self.outbox)

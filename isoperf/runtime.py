@@ -1,0 +1,273 @@
+"""The one message path every service runs: connect, receive, parse, handle, store, acknowledge.
+
+* Connect through a :class:`~isoperf.sources.Source`, subscribe to the kinds the
+  handler takes, publish a retained ``online`` once subscribed (``offline`` on a
+  clean exit; the source's last will covers a crash), reconnect with backoff.
+* Every delivery goes through :class:`~isoperf.messages.MessageParser`: size,
+  decoding, topic and validation. A bad one is kept aside with its reason
+  (:class:`~isoperf.deadletter.DeadLetters`); a handler error is logged with its
+  traceback and kept aside too; the service carries on either way.
+* Messages are handled while the previous batch is being stored: a batch is
+  acknowledged only when the handler's ``flush`` returned, i.e. once its results
+  are stored, so a crash of any process loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+from isoperf.backoff import Backoff, wait_or_stop
+from isoperf.deadletter import DeadLetters
+from isoperf.messages import Inbound, MessageParser, subscriptions
+from isoperf.settings import ServiceSettings
+from isoperf.sources import Connection, ConnectionLost, Delivery, Publisher, Source
+from isoperf.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class Handler(Protocol):
+    """A service's logic between the message path and storage.
+
+    ``handle`` gets validated messages of the ``kinds`` it names (raise ``ValueError``
+    for input that is valid by the schema but wrong in context: it is kept aside).
+    ``flush`` stores everything handled before it was called; ``handle`` may run while
+    a flush is in progress (never two flushes at once), so a flush takes what it
+    stores before its first ``await``. ``start`` runs once before the first message,
+    ``close`` once after the last flush.
+    """
+
+    kinds: tuple[str, ...]
+
+    async def start(self) -> None: ...
+
+    async def handle(self, message: Inbound) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Sender(Protocol):
+    """What a producing service publishes while connected (an outbox, a gateway's journal)."""
+
+    def __len__(self) -> int: ...
+
+    async def drain_to(self, publisher: Publisher) -> None:
+        """Publish forever; raise ``ConnectionLost`` when the connection breaks."""
+        ...
+
+    async def wait_empty(self) -> None: ...
+
+
+class Link:
+    """The publisher a service holds across reconnections: the current connection, if any."""
+
+    def __init__(self) -> None:
+        self._connection: Connection | None = None
+
+    def attach(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def detach(self) -> None:
+        self._connection = None
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        if self._connection is None:
+            raise ConnectionLost("not connected")
+        await self._connection.publish(topic, payload, retain=retain)
+
+
+async def _first(*aws: Awaitable[object] | None, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    """Wait until the first of ``aws`` finishes (or ``timeout``) and re-raise its exception.
+
+    Coroutines are wrapped in tasks that are cancelled afterwards; tasks passed
+    in belong to the caller and keep running.
+    """
+    owned = [asyncio.ensure_future(a) for a in aws if a is not None and not asyncio.isfuture(a)]
+    given = [a for a in aws if asyncio.isfuture(a)]
+    try:
+        done, _ = await asyncio.wait([*owned, *given], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in owned:
+            task.cancel()
+
+
+class ServiceLoop:
+    """Runs one service's connection until ``stop`` is set: a consumer (``handler``), a producer
+    (``sender``), or both; a producer stops once what it holds is sent (or ``drain_timeout_s``)."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        service: str,
+        source: Source,
+        *,
+        handler: Handler | None = None,
+        sender: Sender | None = None,
+        deadletters: DeadLetters | None = None,
+        link: Link | None = None,
+        announce: bool = True,
+    ) -> None:
+        self.settings, self.service, self.source = settings, service, source
+        self.topics = Topics(settings.mqtt_root)
+        self.handler, self.sender = handler, sender
+        self.link = link or Link()
+        self.deadletters = deadletters or DeadLetters(settings.deadletter_dir, service)
+        kinds = handler.kinds if handler is not None else ()
+        self.parser = MessageParser(self.topics, service, kinds, settings.max_payload_bytes)
+        self.subscriptions = subscriptions(self.topics, kinds)
+        self.status_topic = status_topic(settings, service) if announce else None
+        self.handled = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.handler is not None:
+            await self.handler.start()
+        backoff = Backoff()
+        while not stop.is_set():
+            try:
+                async with self.source.connect(self.subscriptions) as connection:
+                    self.link.attach(connection)
+                    log.info("%s connected to %s", self.service, self.source.name)
+                    if self.handler is not None:
+                        await self.handler.flush()  # results of messages handled before a lost connection
+                    # Online means ready: subscribed, so nothing published from now on is missed.
+                    if self.status_topic is not None:
+                        await connection.publish(self.status_topic, b"online", retain=True)
+                    backoff.reset()
+                    await self._connected(connection, stop)
+                    if self.status_topic is not None:
+                        await connection.publish(self.status_topic, b"offline", retain=True)
+                    self.link.detach()
+                    break
+            except ConnectionLost as exc:
+                self.link.detach()
+                delay = backoff.next_delay()
+                log.warning("%s: connection lost (%s); reconnecting in %.1f s", self.service, exc, delay)
+                await wait_or_stop(stop, delay)
+        if self.handler is not None:
+            # Stopped while disconnected: store what was handled; the broker redelivers the rest.
+            await self._drain(self.handler.flush())
+            await self.handler.close()
+
+    async def _connected(self, connection: Connection, stop: asyncio.Event) -> None:
+        sending = asyncio.ensure_future(self.sender.drain_to(self.link)) if self.sender is not None else None
+        done = asyncio.ensure_future(self._until_done(stop, sending))
+        try:
+            if self.handler is not None:
+                await self._consume(connection, self.handler, done)
+            else:
+                await done
+            done.result()  # a sender that lost the connection ends it
+        finally:
+            for task in (sending, done):
+                if task is not None:
+                    task.cancel()
+
+    async def _until_done(self, stop: asyncio.Event, sending: asyncio.Future[None] | None) -> None:
+        """Until ``stop``; then, for a producer, until what it holds is sent (within the drain timeout)."""
+        await _first(stop.wait(), sending)
+        if sending is not None and self.sender is not None:
+            await _first(self.sender.wait_empty(), sending, timeout=self.settings.drain_timeout_s)
+            if len(self.sender):
+                log.warning("%s: %d messages not yet confirmed at shutdown (kept)", self.service, len(self.sender))
+
+    async def _drain(self, work: Awaitable[None]) -> None:
+        try:
+            async with asyncio.timeout(self.settings.drain_timeout_s):
+                await work
+        except TimeoutError:
+            log.error("%s: drain did not finish within %.0f s", self.service, self.settings.drain_timeout_s)
+
+    async def _consume(self, connection: Connection, handler: Handler, stopping: asyncio.Future[None]) -> None:
+        """Handle messages while the previous batch is being stored: storage never holds up handling.
+
+        One flush at a time, in order; a batch is acknowledged when its flush returned. Handling
+        waits for a running flush only when a full batch is already waiting (back-pressure).
+        """
+        max_batch, max_delay = self.settings.flush_max_messages, self.settings.flush_max_delay_s
+        pending: list[Delivery] = []
+        first_pending = 0.0
+        flushing: asyncio.Future[None] | None = None
+
+        def start_flush() -> None:
+            nonlocal flushing, pending
+            flushing = asyncio.ensure_future(self._flush_and_ack(connection, handler, pending))
+            pending = []
+
+        try:
+            while True:
+                if flushing is not None and flushing.done():
+                    flushing.result()  # a failed flush (connection lost) ends this connection
+                    flushing = None
+                if len(pending) >= max_batch and flushing is not None:
+                    await flushing
+                    continue
+                if (
+                    pending
+                    and flushing is None
+                    and (
+                        connection.backlog() == 0
+                        or len(pending) >= max_batch
+                        or time.monotonic() - first_pending > max_delay
+                    )
+                ):
+                    start_flush()
+                receiving = asyncio.ensure_future(connection.receive())
+                while True:
+                    waiting: set[asyncio.Future[Any]] = {receiving, stopping}
+                    if flushing is not None:
+                        waiting.add(flushing)
+                    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    if receiving in done or stopping in done:
+                        break
+                    # The flush finished first. If the inbox is idle, store what is pending now;
+                    # otherwise the next message decides, so batches stay large under load.
+                    assert flushing is not None
+                    flushing.result()
+                    flushing = None
+                    if pending and connection.backlog() == 0:
+                        start_flush()
+                if receiving not in done:
+                    receiving.cancel()
+                    break
+                delivery = receiving.result()
+                await self._handle(handler, delivery)
+                if not pending:
+                    first_pending = time.monotonic()
+                pending.append(delivery)
+        finally:
+            if flushing is not None and not flushing.done():
+                await self._drain(asyncio.shield(flushing))
+        if flushing is not None:
+            flushing.result()
+        await self._drain(self._flush_and_ack(connection, handler, pending))
+
+    async def _handle(self, handler: Handler, delivery: Delivery) -> None:
+        topic, payload = delivery.topic, delivery.payload
+        try:
+            message = self.parser.parse(topic, payload)
+            await handler.handle(message)
+            self.handled += 1
+        except ValueError as exc:
+            self.deadletters.keep(topic, payload, str(exc).replace("\n", "; ")[:1000])
+        except ConnectionLost:
+            raise
+        except Exception as exc:
+            log.exception("%s: handler failed on %s", self.service, topic)
+            self.deadletters.keep(topic, payload, f"handler error: {exc!r}"[:1000])
+
+    async def _flush_and_ack(self, connection: Connection, handler: Handler, pending: list[Delivery]) -> None:
+        await handler.flush()
+        connection.ack(pending)
+        pending.clear()
+
+
+def status_topic(settings: ServiceSettings, service: str) -> str:
+    return Topics(settings.mqtt_root).status(service, settings.instance)

@@ -1,0 +1,58 @@
+"""The ``isoperf`` command: one tree, in which every command registers itself.
+
+A module that offers commands has ``register(commands)``, which adds its
+subparsers and sets ``run`` (a function of the parsed arguments returning the
+exit code). Registration is cheap: heavy imports wait until a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+
+from isoperf.tools import boards, demo, health, replay, review_cli, stack
+from services.alerts import commands as alerts_commands
+from services.leakage import commands as leakage_commands
+from services.pk import commands as pk_commands
+
+SERVICES = ("acquisition", "recorder", "leakage", "alerts", "pk")
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+REGISTERS: tuple[Register, ...] = (
+    stack.register,
+    demo.register,
+    replay.register,
+    leakage_commands.register,
+    pk_commands.register,
+    alerts_commands.register,
+    review_cli.register,
+    boards.register,
+    health.register,
+)
+
+
+def _run_service(args: argparse.Namespace) -> int:
+    importlib.import_module(f"services.{args.command}.__main__").main()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="isoperf", description="Real-time data acquisition for isolated perfusion.")
+    commands = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SERVICES:
+        service = commands.add_parser(name, help=f"run the {name} service (configured by ISOPERF_* variables)")
+        service.set_defaults(run=_run_service)
+    for register in REGISTERS:
+        register(commands)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The gateway's side of store and forward: messages into the journal, out to the broker, and out of
+the journal when the recorder confirms them (``journal.py`` says why and how)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+
+from pydantic import BaseModel
+
+from isoperf.codec import encode
+from isoperf.messages import Inbound
+from isoperf.schemas import Stored
+from isoperf.sources import Publisher
+from isoperf.topics import Topics
+from services.acquisition.journal import Journal
+
+log = logging.getLogger(__name__)
+
+Outgoing = tuple[str, BaseModel, bool]  # topic, message (with a ``seq`` field), retained
+
+
+class Gateway:
+    """Journals what the devices say, publishes it, and forgets it once stored.
+
+    As a handler it takes the recorder's ``stored`` confirmations of its own theatre; as the
+    service loop's sender it publishes the journal, again after every reconnection.
+    """
+
+    kinds: tuple[str, ...] = ("stored",)
+
+    def __init__(self, journal: Journal, topics: Topics, theatre: str, resend_after_s: float = 30.0) -> None:
+        self.journal, self.topics, self.theatre = journal, topics, theatre
+        self.resend_after_s = resend_after_s
+        self.published = 0
+        self.confirmed = 0
+
+    # -- in -------------------------------------------------------------------------------------
+
+    def put(self, items: Iterable[Outgoing]) -> None:
+        """Journal messages (one transaction), each stamped with its sequence number."""
+        batch = list(items)
+        rows = []
+        for seq, (topic, message, retain) in zip(self.journal.next_seqs(len(batch)), batch, strict=True):
+            where = self.topics.parse(topic)
+            payload = encode(message.model_copy(update={"seq": seq}))
+            rows.append((seq, where.theatre, where.session, topic, payload, retain))
+        self.journal.add(rows)
+
+    async def wait_below(self, unsent: int) -> None:
+        """Back-pressure for a source that could outrun the broker (a replay, a backlog)."""
+        while self.journal.backlog().unsent > unsent:
+            self.journal.changed.clear()
+            await self.journal.changed.wait()
+
+    # -- the handler of confirmations -------------------------------------------------------------
+
+    async def start(self) -> None:
+        pass
+
+    async def handle(self, message: Inbound) -> None:
+        if message.theatre != self.theatre or not isinstance(message.body, Stored):
+            return
+        self.confirmed += self.journal.confirm(message.theatre, message.session, message.body.seqs)
+
+    async def flush(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    # -- the sender -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.journal.backlog().messages
+
+    async def drain_to(self, publisher: Publisher) -> None:
+        """Publish the journal in order while connected; what was published on an earlier
+        connection and is not confirmed goes again."""
+        resent = self.journal.resend()
+        if resent:
+            log.info("resending %d unconfirmed messages from the journal", resent)
+        while True:
+            entries = self.journal.unsent()
+            if not entries:
+                self.journal.changed.clear()
+                try:
+                    async with asyncio.timeout(self.resend_after_s / 2):
+                        await self.journal.changed.wait()
+                except TimeoutError:
+                    n = self.journal.resend(older_than=time.time() - self.resend_after_s)
+                    if n:
+                        log.warning("%d messages unconfirmed for %.0f s: sending them again", n, self.resend_after_s)
+                continue
+            for e in entries:
+                await publisher.publish(e.topic, e.payload, retain=e.retain)
+            self.journal.mark_sent(e.seq for e in entries)
+            self.published += len(entries)
+
+    async def wait_empty(self) -> None:
+        """Until everything journalled is confirmed stored."""
+        while len(self):
+            self.journal.changed.clear()
+            await self.journal.changed.wait()

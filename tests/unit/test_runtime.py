@@ -1,0 +1,264 @@
+"""The message path in-process, on an in-memory source: batching, acknowledgement after storage,
+dead letters, reconnection, status; the outbox; the dead-letter file."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from isoperf.codec import encode
+from isoperf.deadletter import DeadLetters
+from isoperf.messages import Inbound, Readings
+from isoperf.outbox import Emitter, Outbox
+from isoperf.runtime import ServiceLoop
+from isoperf.schemas import Reading
+from isoperf.settings import ServiceSettings
+from isoperf.sources import Connection, ConnectionLost, Delivery
+from tests.fakes import TOPICS, FakePublisher, FakeWriter
+
+T = 1_767_225_600.0
+
+
+class MemoryConnection:
+    def __init__(self, source: MemorySource) -> None:
+        self.source = source
+
+    def backlog(self) -> int:
+        return self.source.queue.qsize()
+
+    async def receive(self) -> Delivery:
+        item = await self.source.queue.get()
+        if item is None:
+            raise ConnectionLost("the broker went away")
+        return item
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        self.source.acked.extend(d.token for d in deliveries)
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.source.published.append((topic, payload, retain))
+
+
+class MemorySource:
+    """A broker in a queue: ``put`` delivers, ``drop`` breaks the connection once."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        self.acked: list[int] = []
+        self.published: list[tuple[str, bytes, bool]] = []
+        self.connections = 0
+        self.subscribed: list[str] = []
+        self._token = 0
+
+    def put(self, topic: str, payload: bytes) -> int:
+        self._token += 1
+        self.queue.put_nowait(Delivery(topic, payload, self._token))
+        return self._token
+
+    def drop(self) -> None:
+        self.queue.put_nowait(None)
+
+    @asynccontextmanager
+    async def connect(self, subscriptions: Sequence[str]) -> AsyncIterator[Connection]:
+        self.connections += 1
+        self.subscribed = list(subscriptions)
+        yield MemoryConnection(self)
+
+
+class GatedHandler:
+    """Counts readings; its flush stores only when the test opens the gate."""
+
+    kinds: tuple[str, ...] = ("raw/counts",)
+
+    def __init__(self, fail_on: float | None = None) -> None:
+        self.handled: list[float] = []
+        self.stored: list[float] = []
+        self.flushes: list[int] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail_on = fail_on
+        self._buffer: list[float] = []
+        self.closed = False
+
+    async def start(self) -> None:
+        pass
+
+    async def handle(self, message: Inbound) -> None:
+        assert isinstance(message.body, Readings)
+        for r in message.body.readings:
+            if r.v == self.fail_on:
+                raise RuntimeError("a bug in the handler")
+            self.handled.append(r.v)
+            self._buffer.append(r.v)
+
+    async def flush(self) -> None:
+        batch, self._buffer = self._buffer, []
+        await self.gate.wait()
+        self.stored.extend(batch)
+        self.flushes.append(len(batch))
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def settings(tmp_path: Path, **extra: object) -> ServiceSettings:
+    return ServiceSettings(deadletter_dir=tmp_path / "dead", instance="test", **extra)  # type: ignore[arg-type]
+
+
+def reading(v: float) -> tuple[str, bytes]:
+    return TOPICS.raw("or-1", "s-1", "counts"), encode(Reading(t=T + v, v=v))
+
+
+async def until(predicate: Callable[[], object], seconds: float = 5.0) -> None:
+    """Poll ``predicate`` until it holds: these tests watch a loop they do not control."""
+    async with asyncio.timeout(seconds):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def source() -> MemorySource:
+    return MemorySource()
+
+
+async def run_loop(loop: ServiceLoop) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    stop = asyncio.Event()
+    return stop, asyncio.create_task(loop.run(stop))
+
+
+async def test_nothing_is_acknowledged_before_it_is_stored(tmp_path: Path, source: MemorySource) -> None:
+    handler = GatedHandler()
+    loop = ServiceLoop(settings(tmp_path), "test", source, handler=handler)
+    stop, task = await run_loop(loop)
+    await until(lambda: source.published)  # online: connected and subscribed
+    handler.gate.clear()
+    tokens = [source.put(*reading(v)) for v in (1.0, 2.0, 3.0)]
+    await until(lambda: len(handler.handled) == 3)
+    await asyncio.sleep(0.05)
+    assert source.acked == [], "handled but not yet stored: nothing acknowledged"
+    handler.gate.set()
+    await until(lambda: source.acked == tokens)
+    assert handler.stored == [1.0, 2.0, 3.0]
+    stop.set()
+    await task
+    assert handler.closed
+
+
+async def test_a_backlog_is_stored_in_bounded_batches_and_all_acknowledged_in_order(
+    tmp_path: Path, source: MemorySource
+) -> None:
+    handler = GatedHandler()
+    tokens = [source.put(*reading(float(v))) for v in range(1, 1201)]
+    loop = ServiceLoop(settings(tmp_path, flush_max_messages=500), "test", source, handler=handler)
+    stop, task = await run_loop(loop)
+    await until(lambda: len(source.acked) == 1200)
+    assert source.acked == tokens
+    assert handler.stored == [float(v) for v in range(1, 1201)]
+    assert max(handler.flushes) <= 500 and len(handler.flushes) >= 3
+    stop.set()
+    await task
+
+
+async def test_bad_input_is_kept_aside_acknowledged_and_never_reaches_the_handler(
+    tmp_path: Path, source: MemorySource
+) -> None:
+    handler = GatedHandler()
+    loop = ServiceLoop(settings(tmp_path), "test", source, handler=handler)
+    stop, task = await run_loop(loop)
+    source.put(*reading(1.0))
+    bad = source.put(TOPICS.raw("or-1", "s-1", "counts"), b"\xc1\x00 serial noise")
+    wrong_kind = source.put(TOPICS.raw("or-1", "s-1", "flow"), encode(Reading(t=T, v=100.0)))
+    source.put(*reading(2.0))
+    await until(lambda: len(source.acked) == 4)
+    assert handler.stored == [1.0, 2.0] and bad in source.acked and wrong_kind in source.acked
+    records = [json.loads(x) for x in (tmp_path / "dead" / "test.jsonl").read_text().splitlines()]
+    assert [r["reason"][:22] for r in records] == ["not MessagePack or JSO", "the test service does "]
+    assert base64.b64decode(records[0]["payload_b64"]) == b"\xc1\x00 serial noise"
+    stop.set()
+    await task
+
+
+@pytest.mark.allow_logged_errors
+async def test_a_handler_bug_is_logged_kept_aside_and_the_loop_goes_on(
+    tmp_path: Path, source: MemorySource, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = GatedHandler(fail_on=2.0)
+    loop = ServiceLoop(settings(tmp_path), "test", source, handler=handler)
+    stop, task = await run_loop(loop)
+    for v in (1.0, 2.0, 3.0):
+        source.put(*reading(v))
+    await until(lambda: len(source.acked) == 3)
+    assert handler.stored == [1.0, 3.0] and loop.deadletters.count == 1
+    assert any(r.exc_info for r in caplog.records if "handler failed" in r.getMessage())
+    stop.set()
+    await task
+
+
+async def test_a_lost_connection_reconnects_resubscribes_and_redelivery_is_not_acknowledged_twice(
+    tmp_path: Path, source: MemorySource
+) -> None:
+    handler = GatedHandler()
+    loop = ServiceLoop(settings(tmp_path), "test", source, handler=handler)
+    stop, task = await run_loop(loop)
+    source.put(*reading(1.0))
+    await until(lambda: len(source.acked) == 1)
+    source.drop()
+    await until(lambda: source.connections == 2, seconds=10)
+    source.put(*reading(2.0))
+    await until(lambda: len(source.acked) == 2)
+    assert source.subscribed == ["perfusion/+/+/raw/counts"]
+    online = [p for t, p, retain in source.published if t == "perfusion/status/test/test" and retain]
+    assert online == [b"online", b"online"]
+    stop.set()
+    await task
+    assert source.published[-1] == ("perfusion/status/test/test", b"offline", True)
+
+
+async def test_the_outbox_keeps_a_message_until_the_broker_has_it() -> None:
+    class Flaky(FakePublisher):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fail = 1
+
+        async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+            if self.fail:
+                self.fail -= 1
+                raise ConnectionLost("gone")
+            await super().publish(topic, payload, retain=retain)
+
+    outbox, pub = Outbox(), Flaky()
+    outbox.put("a", b"1")
+    outbox.put("b", b"2")
+    with pytest.raises(ConnectionLost):
+        await outbox.send(pub)
+    assert len(outbox) == 2 and pub.sent == []
+    await outbox.send(pub)
+    assert len(outbox) == 0 and pub.sent == [("a", b"1"), ("b", b"2")]
+
+
+async def test_the_emitter_publishes_at_once_and_stores_on_flush() -> None:
+    pub, writer = FakePublisher(), FakeWriter()
+    emitter = Emitter(pub, writer)
+    emitter.emit("perfusion/or-1/s-1/leakage", b"x", ["leakage,theatre=or-1 percent=1 1"])
+    await emitter.send()
+    assert pub.sent == [("perfusion/or-1/s-1/leakage", b"x")] and writer.stored == []
+    await emitter.flush()
+    assert writer.stored == ["leakage,theatre=or-1 percent=1 1"] and len(emitter) == 0
+
+
+def test_dead_letters_keep_the_reason_and_a_bounded_payload(tmp_path: Path) -> None:
+    dead = DeadLetters(tmp_path, "recorder")
+    dead.keep("perfusion/or-1/s-1/raw/counts", b"x" * 100_000, "payload too large")
+    dead.keep("perfusion/or-1/s-1/event", b"{}", "t: field required")
+    records = [json.loads(x) for x in dead.path.read_text().splitlines()]
+    assert dead.count == 2 and [r["reason"] for r in records] == ["payload too large", "t: field required"]
+    assert records[0]["size"] == 100_000 and records[0]["truncated"] is True
+    assert len(base64.b64decode(records[0]["payload_b64"])) == 65_536
