@@ -30,8 +30,30 @@ Number = Annotated[float, Field(strict=True)]
 # once the message is stored, so that the gateway may forget it (end-to-end confirmation).
 JournalSeq = Annotated[int | None, Field(default=None, ge=1)]
 
-Signal = Literal["counts", "flow", "pressure", "temperature", "reservoir"]
-SIGNALS: tuple[Signal, ...] = ("counts", "flow", "pressure", "temperature", "reservoir")
+CORE_SIGNALS = ("counts", "flow", "pressure", "temperature", "reservoir")
+# Extension: the blood-parameter monitor on the circuit (Terumo CDI 500/550), arterial and venous
+# side, in the monitor's own units (docs/devices.md). Stored and shown; no alert rule reads them yet.
+BLOOD_GAS_RANGES: dict[str, tuple[float, float]] = {
+    "arterial_ph": (6.0, 8.0),
+    "arterial_pco2": (0.0, 200.0),  # mmHg
+    "arterial_po2": (0.0, 800.0),  # mmHg
+    "arterial_temperature": (0.0, 50.0),  # degC
+    "arterial_hco3": (0.0, 80.0),  # mmol/L
+    "arterial_be": (-40.0, 40.0),  # mmol/L
+    "arterial_so2_calc": (0.0, 100.0),  # %
+    "k": (0.0, 15.0),  # mmol/L
+    "vo2": (0.0, 2000.0),  # mL/min
+    "q": (0.0, 15.0),  # L/min
+    "bsa": (0.0, 4.0),  # m2
+    "venous_ph": (6.0, 8.0),
+    "venous_pco2": (0.0, 200.0),
+    "venous_po2": (0.0, 800.0),
+    "venous_temperature": (0.0, 50.0),
+    "venous_so2": (0.0, 100.0),
+    "hct": (0.0, 100.0),  # %
+    "hgb": (0.0, 30.0),  # g/dL
+}
+SIGNALS: tuple[str, ...] = (*CORE_SIGNALS, *BLOOD_GAS_RANGES)
 
 # Physical plausibility per signal: a value outside is a device fault or a unit
 # error, never a reading to store. Wide on purpose: alert limits are separate.
@@ -41,6 +63,7 @@ SIGNAL_RANGES: dict[str, tuple[float, float]] = {
     "pressure": (-100.0, 1_000.0),  # mmHg
     "temperature": (0.0, 50.0),  # degC
     "reservoir": (-50.0, 10_000.0),  # mL
+    **BLOOD_GAS_RANGES,
 }
 
 Procedure = Literal["IHHP", "IHP", "ILP"]
@@ -276,6 +299,24 @@ class Stored(_Model):
     seqs: list[tuple[int, int]] = Field(min_length=1, max_length=100_000)
 
 
+DeviceState = Literal["connected", "disconnected", "silent", "garbage", "clock_jump", "journal_filling", "journal_ok"]
+
+
+class GatewayStatus(_Model):
+    """Extension (topic ``device``): the gateway says how a device (or its own journal) is doing.
+
+    ``source`` is the device's name from its profile, or ``journal``; ``offset_s`` the device
+    clock's offset from the gateway's (``clock_jump``); ``fill`` the journal's (``journal_*``)."""
+
+    t: EventTime
+    source: str = Field(min_length=1, max_length=64)
+    state: DeviceState
+    reason: str = Field(default="", max_length=500)
+    offset_s: Number | None = None
+    fill: float | None = Field(strict=True, default=None, ge=0.0, le=1.0)
+    seq: JournalSeq = None
+
+
 # The one table of session messages: a topic ``{root}/{theatre}/{session}/{kind}`` carries the model
 # named here, and every service validates and dead-letters it through ``isoperf.messages.parse``.
 # Readings (``raw/{signal}``) and service status (``{root}/status/...``) are the two kinds outside it:
@@ -290,4 +331,5 @@ SESSION_MESSAGES: dict[str, type[BaseModel]] = {
     "alert/ack": AlertAck,
     "alert/silence": AlertSilence,
     "stored": Stored,
+    "device": GatewayStatus,
 }

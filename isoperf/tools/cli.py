@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 
 from isoperf.tools import boards, demo, health, replay, review_cli, stack
+from services.acquisition import commands as acquisition_commands
 from services.alerts import commands as alerts_commands
 from services.leakage import commands as leakage_commands
 from services.pk import commands as pk_commands
@@ -23,6 +24,7 @@ REGISTERS: tuple[Register, ...] = (
     stack.register,
     demo.register,
     replay.register,
+    acquisition_commands.register,
     leakage_commands.register,
     pk_commands.register,
     alerts_commands.register,

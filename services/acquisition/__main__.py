@@ -11,6 +11,7 @@ from isoperf.lifecycle import configure_logging, stop_on_signals
 from isoperf.runtime import ServiceLoop
 from isoperf.service import source_for
 from isoperf.topics import Topics
+from services.acquisition.equipment import Equipment
 from services.acquisition.gateway import Gateway
 from services.acquisition.journal import Journal
 from services.acquisition.playback import Playback
@@ -32,14 +33,12 @@ def write_truth(session: SimulatedSession, path: Path) -> None:
 async def run(settings: AcquisitionSettings) -> None:
     stop = asyncio.Event()
     stop_on_signals(stop)
-    cfg = settings.sim_config()
-    session = simulate(cfg, settings.sim_seed)
-    if settings.sim_truth_file is not None:
-        write_truth(session, settings.sim_truth_file)
     topics = Topics(settings.mqtt_root)
     journal_file = settings.journal_dir / f"{settings.theatre}.sqlite"
     journal = Journal(journal_file, settings.journal_max_bytes, sync_full=settings.journal_sync_full)
-    gateway = Gateway(journal, topics, settings.theatre, settings.journal_resend_after_s)
+    gateway = Gateway(
+        journal, topics, settings.theatre, settings.journal_resend_after_s, settings.journal_warn_fraction
+    )
     backlog = journal.backlog()
     if backlog.messages:
         log.info(
@@ -47,6 +46,29 @@ async def run(settings: AcquisitionSettings) -> None:
         )
     loop = ServiceLoop(settings, "acquisition", source_for(settings, "acquisition"), handler=gateway, sender=gateway)
     playback = Playback(topics, gateway, settings.theatre, settings.session)
+    if settings.device == "profiles":
+        if settings.session_meta is not None:
+            playback.publish_meta(settings.session_meta)
+        equipment = Equipment(settings.device_profiles, playback, loop.deadletters, settings.publish_tick_s)
+        work = asyncio.create_task(equipment.run(stop))
+    else:
+        work = asyncio.create_task(simulate_session(settings, playback, gateway, stop))
+    try:
+        await loop.run(stop)
+    finally:
+        work.cancel()
+        journal.close()
+    log.info("acquisition stopped: %d messages published, %d confirmed stored", gateway.published, gateway.confirmed)
+
+
+async def simulate_session(
+    settings: AcquisitionSettings, playback: Playback, gateway: Gateway, stop: asyncio.Event
+) -> None:
+    """Play the simulator's session; once the recorder has confirmed all of it, stop."""
+    cfg = settings.sim_config()
+    session = simulate(cfg, settings.sim_seed)
+    if settings.sim_truth_file is not None:
+        write_truth(session, settings.sim_truth_file)
     log.info(
         "simulating %s session %s/%s: %s, leak %s, %.0f min at speed %g",
         cfg.procedure,
@@ -58,31 +80,19 @@ async def run(settings: AcquisitionSettings) -> None:
         settings.sim_speed,
     )
     playback.publish_meta(session.meta)
-
-    async def play() -> None:
-        await playback.run(session.timeline(), cfg.start_t, settings.sim_speed, settings.publish_tick_s, stop)
-        log.info(
-            "session played: %d readings, %d events, %d lab results; waiting for the recorder to confirm them",
-            playback.published_readings,
-            playback.published_events,
-            playback.published_samples,
-        )
-        try:
-            async with asyncio.timeout(settings.journal_drain_s):
-                await gateway.wait_empty()
-        except TimeoutError:
-            log.warning(
-                "%d messages unconfirmed after %.0f s: kept in %s", len(gateway), settings.journal_drain_s, journal.path
-            )
-        stop.set()  # the simulated device has nothing more to say: exit
-
-    player = asyncio.create_task(play())
+    await playback.run(session.timeline(), cfg.start_t, settings.sim_speed, settings.publish_tick_s, stop)
+    log.info(
+        "session played: %d readings, %d events, %d lab results; waiting for the recorder to confirm them",
+        playback.published_readings,
+        playback.published_events,
+        playback.published_samples,
+    )
     try:
-        await loop.run(stop)
-    finally:
-        player.cancel()
-        journal.close()
-    log.info("acquisition stopped: %d messages published, %d confirmed stored", gateway.published, gateway.confirmed)
+        async with asyncio.timeout(settings.journal_drain_s):
+            await gateway.wait_empty()
+    except TimeoutError:
+        log.warning("%d messages unconfirmed after %.0f s: kept in the journal", len(gateway), settings.journal_drain_s)
+    stop.set()  # the simulated device has nothing more to say: exit
 
 
 def main() -> None:

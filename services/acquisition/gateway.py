@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from isoperf.codec import encode
 from isoperf.messages import Inbound
-from isoperf.schemas import Stored
+from isoperf.schemas import DeviceState, GatewayStatus, Stored
 from isoperf.sources import Publisher
 from isoperf.topics import Topics
 from services.acquisition.journal import Journal
@@ -31,9 +31,12 @@ class Gateway:
 
     kinds: tuple[str, ...] = ("stored",)
 
-    def __init__(self, journal: Journal, topics: Topics, theatre: str, resend_after_s: float = 30.0) -> None:
+    def __init__(
+        self, journal: Journal, topics: Topics, theatre: str, resend_after_s: float = 30.0, warn_fraction: float = 0.8
+    ) -> None:
         self.journal, self.topics, self.theatre = journal, topics, theatre
-        self.resend_after_s = resend_after_s
+        self.resend_after_s, self.warn_fraction = resend_after_s, warn_fraction
+        self.filling = False
         self.published = 0
         self.confirmed = 0
 
@@ -48,6 +51,24 @@ class Gateway:
             payload = encode(message.model_copy(update={"seq": seq}))
             rows.append((seq, where.theatre, where.session, topic, payload, retain))
         self.journal.add(rows)
+        if rows:
+            self._watch_fill(rows[-1][2])
+
+    def _watch_fill(self, session: str) -> None:
+        """Past ``warn_fraction`` of its bound the journal says so on the ``device`` topic (an alarm),
+        and again when it is back below."""
+        fill = self.journal.backlog().fill
+        if (fill >= self.warn_fraction) == self.filling:
+            return
+        self.filling = not self.filling
+        state: DeviceState = "journal_filling" if self.filling else "journal_ok"
+        reason = f"gateway journal {fill:.0%} full ({self.journal.path})"
+        (log.error if self.filling else log.info)("%s", reason)
+        status = GatewayStatus(t=time.time(), source="journal", state=state, reason=reason, fill=min(fill, 1.0))
+        topic = self.topics.session(self.theatre, session, "device")
+        seq = self.journal.next_seqs(1)[0]
+        payload = encode(status.model_copy(update={"seq": seq}))
+        self.journal.add([(seq, self.theatre, session, topic, payload, False)], force=True)
 
     async def wait_below(self, unsent: int) -> None:
         """Back-pressure for a source that could outrun the broker (a replay, a backlog)."""

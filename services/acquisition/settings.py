@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from isoperf.schemas import SessionMeta
 from isoperf.settings import ServiceSettings
 from isoperf.topics import check_id
 from services.acquisition.simulator import LeakScenario, SimConfig
@@ -20,7 +21,12 @@ def _session_id() -> str:
 class AcquisitionSettings(ServiceSettings):
     theatre: str = "theatre-1"
     session: str = Field(default_factory=_session_id)
-    device: Literal["simulator"] = "simulator"
+    # The simulator, or the devices described by TOML profiles (docs/devices.md), e.g.
+    # ISOPERF_DEVICE=profiles ISOPERF_DEVICE_PROFILES='["/etc/isoperf/probe.toml", "/etc/isoperf/cdi.toml"]'
+    device: Literal["simulator", "profiles"] = "simulator"
+    device_profiles: list[Path] = Field(default_factory=list)
+    # With real devices: the session's metadata, published retained (JSON of the ``meta`` payload).
+    session_meta: SessionMeta | None = None
     sim_speed: float = Field(default=1.0, ge=0.0)  # 0: as fast as the broker takes it
     sim_seed: int = 0
     sim_isotope: Literal["Tc-99m", "I-131", "In-111"] = "Tc-99m"

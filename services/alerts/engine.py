@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from isoperf.schemas import Alert, AlertKind, AlertSilence, Leakage, Severity
+from isoperf.schemas import Alert, AlertKind, AlertSilence, GatewayStatus, Leakage, Severity
 from services.alerts.rules import LIMITED_SIGNALS, SEVERITIES, UNITS, AlertRules
 
 # The reservoir level the circuit settled at: median of this window after the pump started.
@@ -144,6 +144,31 @@ class SessionAlerts:
             return []
         severity: Severity = "critical" if critical else "warning"
         return [self._fire(t, rule, severity, 0.0, 1.0, f"{name} went offline")]
+
+    def on_device(self, status: GatewayStatus) -> list[Alert]:
+        """A technical alarm from the gateway: a device unplugged, silent or sending garbage, its clock
+        jumping, or the gateway's journal filling up (rules ``device:{name}`` and ``clock:{name}``)."""
+        if self.circuit.ended:
+            return []
+        t, name = status.t, status.source
+        if status.state == "clock_jump":
+            rule = f"clock:{name}"
+            msg = f"Clock of {name} jumped: {status.reason}; fix the device clock or set clock.offset_s in its profile"
+            if rule in self.firing:
+                return []
+            return [self._fire(t, rule, "warning", status.offset_s or 0.0, 0.0, msg)]
+        rule = f"device:{name}"
+        if status.state in ("connected", "journal_ok"):
+            return (
+                [self._resolve(t, rule, 0.0, f"{name}: {status.state.replace('_', ' ')}")]
+                if rule in self.firing
+                else []
+            )
+        if rule in self.firing:
+            return []
+        what = "Gateway journal filling up" if name == "journal" else f"Device {name} {status.state}"
+        value = status.fill if status.fill is not None else 1.0
+        return [self._fire(t, rule, "warning", value, 0.0, f"{what}: {status.reason}")]
 
     def on_time(self, t: float) -> list[Alert]:
         """Advance the session clock: stale data, ischaemia time, silences, reminders, escalation."""

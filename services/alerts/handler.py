@@ -25,12 +25,12 @@ from isoperf.influx import LineSink
 from isoperf.messages import Inbound, Readings, ServiceStatus
 from isoperf.outbox import Emitter
 from isoperf.points import alert_ack_line, alert_line, alert_silence_line
-from isoperf.schemas import Alert, AlertAck, AlertSilence, Event, Leakage, SessionMeta
+from isoperf.schemas import Alert, AlertAck, AlertSilence, Event, GatewayStatus, Leakage, SessionMeta
 from isoperf.sources import ConnectionLost, Publisher
 from isoperf.topics import Topics
 from services.alerts.channels import Notice, Notifier
 from services.alerts.engine import SessionAlerts, from_state, to_state
-from services.alerts.rules import RULE_NAMES, AlertRules
+from services.alerts.rules import PREFIXED, RULE_NAMES, UNITS, AlertRules
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def _critical(service: str) -> bool:
 
 
 class AlertsHandler:
-    kinds: tuple[str, ...] = ("meta", "event", "raw/+", "leakage", "alert/ack", "alert/silence", "status")
+    kinds: tuple[str, ...] = ("meta", "event", "raw/+", "leakage", "device", "alert/ack", "alert/silence", "status")
 
     def __init__(
         self,
@@ -112,7 +112,8 @@ class AlertsHandler:
                 return e.on_leakage(leak)
         elif isinstance(body, Readings):
             signal, readings = body.signal, body.readings
-            self._received.setdefault(key, {})[signal] = self.clock()
+            if signal in UNITS:  # stale-data rules: the circuit's own signals (a blood-gas monitor reports per minutes)
+                self._received.setdefault(key, {})[signal] = self.clock()
 
             def step(e: SessionAlerts) -> list[Alert]:
                 return [a for r in readings for a in e.on_reading(signal, r.t, r.v)]
@@ -121,9 +122,14 @@ class AlertsHandler:
 
             def step(e: SessionAlerts) -> list[Alert]:
                 return e.on_event(event.type, event.t)
+        elif isinstance(body, GatewayStatus):
+            status = body
+
+            def step(e: SessionAlerts) -> list[Alert]:
+                return e.on_device(status)
         elif isinstance(body, AlertSilence):
             silence = body
-            if silence.rule is not None and silence.rule not in RULE_NAMES and not silence.rule.startswith("offline:"):
+            if silence.rule is not None and silence.rule not in RULE_NAMES and not silence.rule.startswith(PREFIXED):
                 raise ValueError(f"cannot silence unknown rule {silence.rule!r}; known: {sorted(RULE_NAMES)}")
             self.writer.add([alert_silence_line(*key, silence)])
 

@@ -15,9 +15,11 @@ SEVERITIES: tuple[Severity, ...] = ("advisory", "warning", "critical", "stop")
 # Circuit signals with limits; a rule's name is ``{signal}_low`` or ``{signal}_high``.
 LIMITED_SIGNALS = ("flow", "pressure", "temperature", "reservoir")
 UNITS = {"counts": "counts", "flow": "mL/min", "pressure": "mmHg", "temperature": "degC", "reservoir": "mL"}
-# Rule names a silence may name (``offline`` covers every ``offline:{service}/{instance}``).
+# Rule names a silence may name (``offline`` covers every ``offline:{service}/{instance}``, ``device``
+# every ``device:{name}`` and ``clock`` every ``clock:{name}``; or one of them by its whole name).
+PREFIXED = ("offline:", "device:", "clock:")
 RULE_NAMES = frozenset(
-    {"leakage", "leak_rate", "probe_fault", "ischaemia", "reservoir_drop", "offline"}
+    {"leakage", "leak_rate", "probe_fault", "ischaemia", "reservoir_drop", "offline", "device", "clock"}
     | {f"{s}_{side}" for s in LIMITED_SIGNALS for side in ("low", "high")}
     | {f"stale_{s}" for s in UNITS}
 )

@@ -1,0 +1,66 @@
+"""The gateway's journal and the technical alarms it and the devices raise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from isoperf.schemas import Event, GatewayStatus, Reading
+from services.acquisition.gateway import Gateway
+from services.acquisition.journal import Journal, JournalFull
+from services.alerts.engine import SessionAlerts
+from services.alerts.rules import AlertRules
+from services.recorder.handler import ranges
+from tests.fakes import TOPICS
+
+T = 1_767_225_600.0
+
+
+def test_a_message_leaves_the_journal_only_when_confirmed_and_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "th-1.sqlite"
+    journal = Journal(path)
+    gateway = Gateway(journal, TOPICS, "th-1")
+    topic = TOPICS.raw("th-1", "s-1", "counts")
+    gateway.put([(topic, Reading(t=T + i, v=float(i)), False) for i in range(5)])
+    entries = journal.unsent()
+    assert [msgpack.unpackb(e.payload)["seq"] for e in entries] == [1, 2, 3, 4, 5]
+    journal.mark_sent(e.seq for e in entries)
+    assert journal.backlog().unsent == 0 and journal.backlog().messages == 5
+    assert journal.confirm("th-1", "other-session", [(1, 5)]) == 0, "another session's confirmation removes nothing"
+    assert journal.confirm("th-1", "s-1", [(1, 2), (4, 4)]) == 3
+    journal.close()
+    again = Journal(path)  # a restarted gateway sends what is unconfirmed, and numbers on
+    assert [e.seq for e in again.unsent()] == [3, 5]
+    assert list(again.next_seqs(2)) == [6, 7]
+
+
+def test_a_full_journal_refuses_and_says_so_before(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite", max_bytes=1 << 20)
+    gateway = Gateway(journal, TOPICS, "th-1", warn_fraction=0.5)
+    topic = TOPICS.session("th-1", "s-1", "event")
+    note = Event(t=T, type="note", text="x" * 1900)
+    for _ in range(540):  # just under 1 MiB of notes (1,935 bytes each)
+        gateway.put([(topic, note, False)])
+    with pytest.raises(JournalFull, match="is full"):
+        gateway.put([(topic, note, False)] * 20)
+    statuses = [e for e in journal.unsent(100_000) if e.topic.endswith("/device")]
+    assert len(statuses) == 1 and msgpack.unpackb(statuses[0].payload)["state"] == "journal_filling"
+
+
+def test_confirmed_ranges_are_compact() -> None:
+    assert ranges({1, 2, 3, 7, 8, 10}) == [(1, 3), (7, 8), (10, 10)]
+
+
+def test_device_faults_and_clock_jumps_are_technical_alarms() -> None:
+    engine = SessionAlerts("s-1", AlertRules())
+    down = engine.on_device(GatewayStatus(t=T, source="pump-console", state="disconnected", reason="tcp refused"))
+    assert [(a.rule, a.severity, a.status) for a in down] == [("device:pump-console", "warning", "firing")]
+    assert engine.on_device(GatewayStatus(t=T + 1, source="pump-console", state="silent", reason="")) == []
+    back = engine.on_device(GatewayStatus(t=T + 5, source="pump-console", state="connected", reason="open"))
+    assert [(a.rule, a.status) for a in back] == [("device:pump-console", "resolved")]
+    jump = engine.on_device(
+        GatewayStatus(t=T + 6, source="probe-scaler", state="clock_jump", reason="+3600 s", offset_s=3600.0)
+    )
+    assert jump[0].rule == "clock:probe-scaler" and "jumped" in jump[0].message and jump[0].value == 3600.0
