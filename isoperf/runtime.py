@@ -43,13 +43,17 @@ class Handler(Protocol):
 
     kinds: tuple[str, ...]
 
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Nothing by default (a handler that subclasses ``Handler`` inherits this)."""
+        return
 
     async def handle(self, message: Inbound) -> None: ...
 
     async def flush(self) -> None: ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Nothing by default."""
+        return
 
 
 class Sender(Protocol):

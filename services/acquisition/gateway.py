@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from isoperf.codec import encode
 from isoperf.messages import Inbound
+from isoperf.runtime import Handler
 from isoperf.schemas import DeviceState, GatewayStatus, Stored
 from isoperf.sources import Publisher
 from isoperf.topics import Topics
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 Outgoing = tuple[str, BaseModel, bool]  # topic, message (with a ``seq`` field), retained
 
 
-class Gateway:
+class Gateway(Handler):
     """Journals what the devices say, publishes it, and forgets it once stored.
 
     As a handler it takes the recorder's ``stored`` confirmations of its own theatre; as the
@@ -78,18 +79,12 @@ class Gateway:
 
     # -- the handler of confirmations -------------------------------------------------------------
 
-    async def start(self) -> None:
-        pass
-
     async def handle(self, message: Inbound) -> None:
         if message.theatre != self.theatre or not isinstance(message.body, Stored):
             return
         self.confirmed += self.journal.confirm(message.theatre, message.session, message.body.seqs)
 
     async def flush(self) -> None:
-        pass
-
-    async def close(self) -> None:
         pass
 
     # -- the sender -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from isoperf.messages import Inbound, Readings
 from isoperf.outbox import Emitter
 from isoperf.points import leakage_line
 from isoperf.queries import session_where
+from isoperf.runtime import Handler
 from isoperf.schemas import Event, Leakage, SessionMeta
 from isoperf.sources import Publisher
 from isoperf.topics import Topics
@@ -46,7 +47,7 @@ class _Session:
         return quiet > EVICT_SILENT_AFTER_S or (ended and quiet > EVICT_ENDED_AFTER_S)
 
 
-class LeakageHandler:
+class LeakageHandler(Handler):
     kinds: tuple[str, ...] = ("meta", "event", "raw/counts")
 
     def __init__(
@@ -65,12 +66,6 @@ class LeakageHandler:
         self.clock = clock
         self.sessions: dict[tuple[str, str], _Session] = {}
         self.isotopes: dict[tuple[str, str], str] = {}
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
     async def handle(self, message: Inbound) -> None:
         key, body = message.key, message.body

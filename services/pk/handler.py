@@ -18,6 +18,7 @@ from isoperf.messages import Inbound
 from isoperf.outbox import Emitter
 from isoperf.points import pk_line
 from isoperf.queries import session_where
+from isoperf.runtime import Handler
 from isoperf.schemas import Event, LabSample, Leakage, SessionMeta
 from isoperf.sources import Publisher
 from isoperf.topics import Topics
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 
 
-class PkHandler:
+class PkHandler(Handler):
     kinds: tuple[str, ...] = ("meta", "event", "sample", "leakage")
 
     def __init__(
@@ -46,12 +47,6 @@ class PkHandler:
         self.sessions: dict[Key, PkSession] = {}
         self.metas: dict[Key, SessionMeta] = {}
         self.last_emit: dict[Key, float] = {}
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
     async def handle(self, message: Inbound) -> None:
         key, body = message.key, message.body

@@ -15,6 +15,7 @@ from isoperf.codec import encode
 from isoperf.influx import LineSink
 from isoperf.messages import Inbound, Readings, ServiceStatus
 from isoperf.points import event_line, reading_lines, sample_line, service_status_line, session_line
+from isoperf.runtime import Handler
 from isoperf.schemas import Event, LabSample, SessionMeta, Stored
 from isoperf.sources import Publisher
 from isoperf.topics import Topics
@@ -33,7 +34,7 @@ def ranges(seqs: set[int]) -> list[tuple[int, int]]:
     return out
 
 
-class RecorderHandler:
+class RecorderHandler(Handler):
     """Turns each validated message into points; ``flush`` stores them, then confirms their ``seq``."""
 
     kinds: tuple[str, ...] = ("raw/+", "event", "sample", "meta", "status")
@@ -42,9 +43,6 @@ class RecorderHandler:
         self.writer, self.topics, self.publisher = writer, topics, publisher
         self.stored_readings = 0
         self._seqs: dict[Key, set[int]] = defaultdict(set)
-
-    async def start(self) -> None:
-        pass
 
     async def handle(self, message: Inbound) -> None:
         th, se, body = message.theatre, message.session, message.body
@@ -75,6 +73,3 @@ class RecorderHandler:
         for (theatre, session), seqs in stored.items():
             confirmation = Stored(t=time.time(), seqs=ranges(seqs))
             await self.publisher.publish(self.topics.session(theatre, session, "stored"), encode(confirmation))
-
-    async def close(self) -> None:
-        pass
