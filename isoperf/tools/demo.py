@@ -21,6 +21,7 @@ import aiomqtt
 
 from isoperf.codec import decode
 from isoperf.queries import count, leakage_caught_up, session_where
+from isoperf.schemas import Event
 from isoperf.tools.stack import LocalStack, StackError
 from isoperf.topics import Topics
 
@@ -108,9 +109,7 @@ async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Ev
                     print(f"  {_clock(t, t0)}  {_describe_pk(data)}", flush=True)
                 continue
             elif message.topic.value.endswith("/event"):
-                label = str(data["type"]).replace("_", " ")
-                extra = {k: v for k, v in data.items() if k not in ("t", "type")}
-                print(f"  {_clock(t, t0)}  EVENT {label} {extra if extra else ''}", flush=True)
+                print(f"  {_clock(t, t0)}  EVENT {Event.model_validate(data).label()}", flush=True)
             elif t - t0 >= next_minute:
                 next_minute = (t - t0) // 60 * 60 + 60
                 print(f"  {_clock(t, t0)}  {_describe(data)}", flush=True)
