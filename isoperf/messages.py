@@ -64,9 +64,9 @@ class Inbound:
         return self.theatre, self.session
 
 
-def subscriptions(topics: Topics, kinds: tuple[str, ...]) -> list[str]:
-    """The topic filters for the kinds a handler takes."""
-    return [topics.status_subscription() if k == STATUS else topics.subscription(k) for k in kinds]
+def subscriptions(topics: Topics, kinds: tuple[str, ...], theatre: str | None = None) -> list[str]:
+    """The topic filters for the kinds a handler takes: of every theatre, or of one."""
+    return [topics.status_subscription() if k == STATUS else topics.subscription(k, theatre) for k in kinds]
 
 
 def _takes(kinds: tuple[str, ...], kind: str, signal: str | None) -> bool:

@@ -9,7 +9,18 @@ from __future__ import annotations
 import json
 
 from isoperf.influx import FieldValue, line
-from isoperf.schemas import Alert, AlertAck, AlertSilence, Event, LabSample, Leakage, Pk, Reading, SessionMeta
+from isoperf.schemas import (
+    Alert,
+    AlertAck,
+    AlertSilence,
+    Event,
+    GatewayStatus,
+    LabSample,
+    Leakage,
+    Pk,
+    Reading,
+    SessionMeta,
+)
 
 
 def _tags(theatre: str, session: str, **extra: str) -> dict[str, str]:
@@ -84,6 +95,12 @@ def alert_silence_line(theatre: str, session: str, s: AlertSilence) -> str:
         "silenced_by": s.by,
     }
     return line("alert_silence", _tags(theatre, session, rule=s.rule or "*"), fields, s.t)
+
+
+def device_status_line(theatre: str, session: str, s: GatewayStatus) -> str:
+    """Extension: what the gateway said of a device or of its journal (measurement ``device_status``)."""
+    fields: dict[str, FieldValue] = {"state": s.state, "reason": s.reason, "offset_s": s.offset_s, "fill": s.fill}
+    return line("device_status", _tags(theatre, session, source=s.source), fields, s.t)
 
 
 def service_status_line(service: str, online: bool, t: float) -> str:

@@ -118,6 +118,7 @@ class ServiceLoop:
         deadletters: DeadLetters | None = None,
         link: Link | None = None,
         announce: bool = True,
+        theatre: str | None = None,
     ) -> None:
         self.settings, self.service, self.source = settings, service, source
         self.topics = Topics(settings.mqtt_root)
@@ -126,7 +127,7 @@ class ServiceLoop:
         self.deadletters = deadletters or DeadLetters(settings.deadletter_dir, service)
         kinds = handler.kinds if handler is not None else ()
         self.parser = MessageParser(self.topics, service, kinds, settings.max_payload_bytes)
-        self.subscriptions = subscriptions(self.topics, kinds)
+        self.subscriptions = subscriptions(self.topics, kinds, theatre)  # one theatre's, for a gateway
         self.status_topic = status_topic(settings, service) if announce else None
         self.handled = 0
 

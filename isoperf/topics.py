@@ -70,9 +70,10 @@ class Topics:
             raise ValueError(f"status of {service} must be 'online' or 'offline', not {status[:40]!r}")
         return status
 
-    def subscription(self, kind: str) -> str:
-        """Wildcard filter for one kind across every theatre and session (``raw/+`` for readings)."""
-        return f"{self.root}/+/+/{kind}"
+    def subscription(self, kind: str, theatre: str | None = None) -> str:
+        """Wildcard filter for one kind across every session of every theatre, or of one theatre
+        (``raw/+`` for readings)."""
+        return f"{self.root}/{check_id(theatre, 'theatre') if theatre else '+'}/+/{kind}"
 
     def parse(self, topic: str) -> SessionTopic:
         """Parse a session topic, validating ids, kind and signal."""

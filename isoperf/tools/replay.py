@@ -92,7 +92,7 @@ async def replay(
     journal = Journal(journal_dir / f"replay-{theatre}-{new}.sqlite")
     gateway = Gateway(journal, topics, theatre)
     source = source_for(settings, "replay", announce=False)
-    loop = ServiceLoop(settings, "replay", source, handler=gateway, sender=gateway, announce=False)
+    loop = ServiceLoop(settings, "replay", source, handler=gateway, sender=gateway, announce=False, theatre=theatre)
     playback = Playback(topics, gateway, theatre, new)
     stop = asyncio.Event()
     stop_on_signals(stop)

@@ -44,7 +44,8 @@ async def run(settings: AcquisitionSettings) -> None:
         log.info(
             "journal %s holds %d unconfirmed messages from before: sending them first", journal.path, backlog.messages
         )
-    loop = ServiceLoop(settings, "acquisition", source_for(settings, "acquisition"), handler=gateway, sender=gateway)
+    source = source_for(settings, "acquisition")
+    loop = ServiceLoop(settings, "acquisition", source, handler=gateway, sender=gateway, theatre=settings.theatre)
     playback = Playback(topics, gateway, settings.theatre, settings.session)
     if settings.device == "profiles":
         if settings.session_meta is not None:

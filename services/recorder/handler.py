@@ -14,9 +14,16 @@ from collections import defaultdict
 from isoperf.codec import encode
 from isoperf.influx import LineSink
 from isoperf.messages import Inbound, Readings, ServiceStatus
-from isoperf.points import event_line, reading_lines, sample_line, service_status_line, session_line
+from isoperf.points import (
+    device_status_line,
+    event_line,
+    reading_lines,
+    sample_line,
+    service_status_line,
+    session_line,
+)
 from isoperf.runtime import Handler
-from isoperf.schemas import Event, LabSample, SessionMeta, Stored
+from isoperf.schemas import Event, GatewayStatus, LabSample, SessionMeta, Stored
 from isoperf.sources import Publisher
 from isoperf.topics import Topics
 
@@ -37,7 +44,7 @@ def ranges(seqs: set[int]) -> list[tuple[int, int]]:
 class RecorderHandler(Handler):
     """Turns each validated message into points; ``flush`` stores them, then confirms their ``seq``."""
 
-    kinds: tuple[str, ...] = ("raw/+", "event", "sample", "meta", "status")
+    kinds: tuple[str, ...] = ("raw/+", "event", "sample", "meta", "device", "status")
 
     def __init__(self, writer: LineSink, topics: Topics | None = None, publisher: Publisher | None = None) -> None:
         self.writer, self.topics, self.publisher = writer, topics, publisher
@@ -61,6 +68,9 @@ class RecorderHandler(Handler):
             seq = body.seq
         elif isinstance(body, SessionMeta):
             self.writer.add([session_line(th, se, body)])
+            seq = body.seq
+        elif isinstance(body, GatewayStatus):
+            self.writer.add([device_status_line(th, se, body)])
             seq = body.seq
         if seq is not None:
             self._seqs[message.key].add(seq)

@@ -93,6 +93,11 @@ def test_anonymous_and_wrong_passwords_are_refused(broker: int) -> None:
         ("pk", "operator", "perfusion/theatre-1/s-1/pk", True),
         ("recorder", "operator", "perfusion/status/recorder/recorder-1", True),
         ("recorder", "operator", "perfusion/status/leakage/leakage-1", False),  # only its own status
+        ("recorder", "gateway-theatre-1", "perfusion/theatre-1/s-1/stored", True),  # store and forward
+        ("recorder", "gateway-theatre-1", "perfusion/theatre-2/s-1/stored", False),  # not another theatre's
+        ("operator", "gateway-theatre-1", "perfusion/theatre-1/s-1/stored", False),  # nobody else confirms
+        ("gateway-theatre-1", "alerts", "perfusion/theatre-1/s-1/device", True),  # technical alarms
+        ("gateway-theatre-1", "recorder", "perfusion/theatre-1/s-1/sample", True),
     ],
 )
 def test_each_user_publishes_and_reads_only_where_it_must(

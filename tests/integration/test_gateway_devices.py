@@ -151,6 +151,8 @@ def test_devices_over_tcp_and_a_log_file_are_stored_and_an_unplugged_device_rais
         timeout=30,
     )
     assert fired[0]["status"] == "firing" and "pump-console disconnected" in fired[0]["message"]
+    states = rows(stack, f"SELECT state, reason FROM device_status WHERE {w} AND source = 'pump-console'")
+    assert [r["state"] for r in states][:2] == ["connected", "disconnected"], "the record keeps what the gateway said"
     device_server.replug()
     wait_for(
         lambda: any(
