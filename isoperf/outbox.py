@@ -16,15 +16,10 @@ class Outbox:
 
     def __init__(self) -> None:
         self._items: deque[tuple[str, bytes, bool]] = deque()
-        self._nonempty = asyncio.Event()
-        self._empty = asyncio.Event()
-        self._empty.set()
         self._lock = asyncio.Lock()
 
     def put(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self._items.append((topic, payload, retain))
-        self._nonempty.set()
-        self._empty.clear()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -36,17 +31,6 @@ class Outbox:
                 topic, payload, retain = self._items[0]
                 await publisher.publish(topic, payload, retain=retain)
                 self._items.popleft()
-            self._nonempty.clear()
-            self._empty.set()
-
-    async def drain_to(self, publisher: Publisher) -> None:
-        """Publish forever, as messages are put."""
-        while True:
-            await self._nonempty.wait()
-            await self.send(publisher)
-
-    async def wait_empty(self) -> None:
-        await self._empty.wait()
 
 
 class Emitter:

@@ -57,7 +57,7 @@ class Handler(Protocol):
 
 
 class Sender(Protocol):
-    """What a producing service publishes while connected (an outbox, a gateway's journal)."""
+    """What a producing service publishes while connected (the gateway's journal)."""
 
     def __len__(self) -> int: ...
 
