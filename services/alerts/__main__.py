@@ -22,6 +22,7 @@ def main() -> None:
             settings.alerts_state_file,
             notifier,
             own_name=f"alerts/{settings.instance}",
+            hold_s=settings.alerts_hold_s,
         )
 
     main_for("alerts", AlertsSettings, make)

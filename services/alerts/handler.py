@@ -2,8 +2,16 @@
 acknowledgements and silences in; alerts out on MQTT at once (the alert path does not wait for
 storage), then into the record and to the notification channels.
 
-State (which alerts fire, which are acknowledged or silenced) is saved to a JSON
-file with every flush, before the input is acknowledged, so a restart carries on.
+Readings, events and leakage are applied in event-time order (:mod:`isoperf.eventtime`):
+the leakage points are derived from the readings and come later, so a reading or an
+event (``isolation_end``, ``session_end``) is held until the leakage stream has passed
+its time, or for at most ``hold_s`` of the service's clock (then it goes on, logged).
+Readings and events come from one producer in event-time order, so each is the other's
+progress: a quiet event stream holds nothing back. Acknowledgements, silences, device
+and service status are not ordered by event time and apply at once.
+
+State (which alerts fire, which are acknowledged or silenced, what is held) is saved to
+a JSON file with every flush, before the input is acknowledged, so a restart carries on.
 A clock task advances each session's event time by the wall time elapsed since
 its last input, so data that stops coming is noticed (stale data).
 """
@@ -13,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -21,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from isoperf.codec import encode
+from isoperf.eventtime import EventTimeOrder, Released
 from isoperf.influx import LineSink
 from isoperf.messages import Inbound, Readings, ServiceStatus
 from isoperf.outbox import Emitter
 from isoperf.points import alert_ack_line, alert_line, alert_silence_line
-from isoperf.schemas import Alert, AlertAck, AlertSilence, Event, GatewayStatus, Leakage, SessionMeta
+from isoperf.schemas import Alert, AlertAck, AlertSilence, Event, GatewayStatus, Leakage, Reading, SessionMeta
 from isoperf.sources import ConnectionLost, Publisher
 from isoperf.topics import Topics
 from services.alerts.channels import Notice, Notifier
@@ -41,6 +51,11 @@ CRITICAL_SERVICES = ("leakage", "acquisition", "recorder")
 ABANDONED_AFTER_S = 12 * 3600.0
 ENDED_REMEMBERED = 10_000  # ended sessions whose late messages are ignored
 STATE_VERSION = 2
+# The inputs ordered by event time; leakage is waited for once a session has counts (it is derived from them).
+STREAMS = ("readings", "events", "leakage")
+HOLD_S = 30.0
+
+Ordered = Leakage | Readings | Event
 
 
 def _critical(service: str) -> bool:
@@ -61,6 +76,7 @@ class AlertsHandler:
         own_name: str | None = None,
         tick_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        hold_s: float = HOLD_S,
     ) -> None:
         self.topics, self.writer = topics, writer
         self.emitter = Emitter(publisher, writer)
@@ -70,7 +86,10 @@ class AlertsHandler:
         self.own_name = own_name
         self.tick_s = tick_s
         self.clock = clock
+        self.hold_s = hold_s
         self.sessions: dict[Key, SessionAlerts] = {}
+        self.orders: dict[Key, EventTimeOrder[Ordered]] = {}
+        self._forcing: set[Key] = set()  # sessions going on without a stream that is behind
         self.thresholds: dict[Key, dict[str, float]] = {}
         self.ended: deque[Key] = deque(maxlen=ENDED_REMEMBERED)
         self.services_seen: set[str] = set()  # went online at least once
@@ -105,24 +124,18 @@ class AlertsHandler:
         if isinstance(body, AlertAck):
             self._acknowledge(key, body)
             return
-        if isinstance(body, Leakage):
-            leak = body
-
-            def step(e: SessionAlerts) -> list[Alert]:
-                return e.on_leakage(leak)
-        elif isinstance(body, Readings):
-            signal, readings = body.signal, body.readings
-            if signal in UNITS:  # stale-data rules: the circuit's own signals (a blood-gas monitor reports per minutes)
-                self._received.setdefault(key, {})[signal] = self.clock()
-
-            def step(e: SessionAlerts) -> list[Alert]:
-                return [a for r in readings for a in e.on_reading(signal, r.t, r.v)]
-        elif isinstance(body, Event):
-            event = body
-
-            def step(e: SessionAlerts) -> list[Alert]:
-                return e.on_event(event.type, event.t)
-        elif isinstance(body, GatewayStatus):
+        if isinstance(body, Leakage | Readings | Event):
+            if key in self.ended:
+                log.debug("%s/%s has ended; ignoring a late %s message", *key, message.kind)
+                return
+            if isinstance(body, Readings) and body.signal in UNITS:
+                # stale-data rules: the circuit's own signals (a blood-gas monitor reports per minutes)
+                self._received.setdefault(key, {})[body.signal] = self.clock()
+            self._start_session(key)
+            self._hold(key, body)
+            self._release(key)
+            return
+        if isinstance(body, GatewayStatus):
             status = body
 
             def step(e: SessionAlerts) -> list[Alert]:
@@ -141,14 +154,84 @@ class AlertsHandler:
         if key in self.ended:
             log.debug("%s/%s has ended; ignoring a late %s message", *key, message.kind)
             return
+        engine = self._start_session(key)
+        self._emit(key, step(engine))
+
+    def _start_session(self, key: Key) -> SessionAlerts:
+        """The session's engine; a new one learns of the services already offline. Notes the input's arrival."""
         new = key not in self.sessions
         engine = self._engine(key)
         self._last_input[key] = self.clock()
-        alerts = step(engine)
         if new:  # services already offline concern this session too
             now = engine.now or time.time()
-            alerts += [a for s in sorted(self.services_offline) for a in engine.on_service(s, False, now, _critical(s))]
+            self._emit(
+                key, [a for s in sorted(self.services_offline) for a in engine.on_service(s, False, now, _critical(s))]
+            )
+        return engine
+
+    # -- event-time order ----------------------------------------------------------------------
+
+    def _order(self, key: Key) -> EventTimeOrder[Ordered]:
+        order = self.orders.get(key)
+        if order is None:
+            order = self.orders[key] = EventTimeOrder(STREAMS, self.hold_s)
+        return order
+
+    def _hold(self, key: Key, body: Ordered, arrived: float | None = None) -> None:
+        order = self._order(key)
+        now = self.clock() if arrived is None else arrived
+        if isinstance(body, Leakage):
+            order.expect("leakage")
+            order.add("leakage", body.t, body, now)
+        elif isinstance(body, Readings):
+            if not body.readings:
+                return
+            if body.signal == "counts":
+                order.expect("leakage")  # the leakage service will follow these counts
+            t = max(r.t for r in body.readings)
+            order.add("readings", t, body, now)
+            order.advance("events", t)
+        else:
+            order.add("events", body.t, body, now)
+            order.advance("readings", body.t)
+
+    def _release(self, key: Key) -> int:
+        """Apply what every expected stream has passed (or what was held too long), in event-time order.
+
+        Returns how many alerts that raised."""
+        order = self.orders.get(key)
+        if order is None:
+            return 0
+        released = order.ready(self.clock())
+        forced = [r for r in released if r.forced]
+        if forced and key not in self._forcing:
+            self._forcing.add(key)
+            log.warning(
+                "%s/%s: %s behind at t=%.3f; inputs held %.0f s go on without it (ISOPERF_ALERTS_HOLD_S)",
+                *key,
+                " and ".join(order.behind(forced[-1].t)),
+                forced[-1].t,
+                self.hold_s,
+            )
+        elif key in self._forcing and not order.behind(order.released_until):
+            self._forcing.discard(key)
+            log.info("%s/%s: every input has caught up", *key)
+        return sum(self._apply(key, r) for r in released)
+
+    def _apply(self, key: Key, r: Released[Ordered]) -> int:
+        engine = self.sessions.get(key)
+        if engine is None:
+            return 0  # released (ended) while this was held
+        body = r.item
+        alerts: list[Alert]
+        if isinstance(body, Leakage):
+            alerts = engine.on_leakage(body)  # a late point's alerts carry its own time
+        elif isinstance(body, Readings):
+            alerts = [a for x in body.readings for a in engine.on_reading(body.signal, x.t, x.v)]
+        else:
+            alerts = engine.on_event(body.type, body.t)
         self._emit(key, alerts)
+        return len(alerts)
 
     def _engine(self, key: Key) -> SessionAlerts:
         engine = self.sessions.get(key)
@@ -218,6 +301,8 @@ class AlertsHandler:
     def tick(self) -> int:
         """Advance every live session's clock to now; returns how many alerts that raised."""
         raised = 0
+        for key in list(self.orders):
+            raised += self._release(key)
         for key, e in list(self.sessions.items()):
             if self.clock() - self._last_input.get(key, self.clock()) > ABANDONED_AFTER_S:
                 now = self._session_now(key)
@@ -226,7 +311,9 @@ class AlertsHandler:
                 continue
             now = self._session_now(key)
             quiet = {s: self.clock() - w for s, w in self._received.get(key, {}).items()}
-            alerts = e.on_time(now) + e.check_stale(quiet, now)
+            # While inputs are held, they (not the wall clock) move the session's event time on.
+            held = key in self.orders and len(self.orders[key]) > 0
+            alerts = ([] if held else e.on_time(now)) + e.check_stale(quiet, now)
             raised += len(alerts)
             self._emit(key, alerts)
         return raised
@@ -245,6 +332,10 @@ class AlertsHandler:
     def _release_ended(self) -> None:
         for key in [k for k, e in self.sessions.items() if e.circuit.ended and not e.firing]:
             del self.sessions[key]
+            order = self.orders.pop(key, None)
+            if order is not None and len(order):
+                log.debug("%s/%s ended: %d inputs after its end dropped", *key, len(order))
+            self._forcing.discard(key)
             self._last_input.pop(key, None)
             self._received.pop(key, None)
             self.thresholds.pop(key, None)
@@ -260,6 +351,7 @@ class AlertsHandler:
                 "sessions": [{"theatre": k[0], **to_state(e)} for k, e in self.sessions.items()],
                 "thresholds": [{"theatre": k[0], "session": k[1], "values": v} for k, v in self.thresholds.items()],
                 "ended": [list(k) for k in self.ended],
+                "orders": [_order_state(k, o) for k, o in self.orders.items() if k in self.sessions],
                 "services_seen": sorted(self.services_seen),
                 "services_offline": sorted(self.services_offline),
             }
@@ -288,8 +380,21 @@ class AlertsHandler:
                 aside,
             )
             self.sessions.clear()
+            self.orders.clear()
             self.thresholds.clear()
             self.ended.clear()
+
+    def _restore_order(self, key: Key, o: dict[str, Any]) -> None:
+        order = self._order(key)
+        for stream in o["expected"]:
+            order.expect(stream)
+        for stream, t in o["watermarks"].items():
+            if t is not None:
+                order.advance(stream, t)
+        if o["released_until"] is not None:
+            order.released_until = o["released_until"]
+        for h in o["held"]:
+            self._hold(key, _body_from_state(h))
 
     def _restore(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -299,12 +404,47 @@ class AlertsHandler:
             self.sessions[key] = from_state(s)
             self._last_input[key] = self.clock()
             self._received[key] = dict.fromkeys(self.sessions[key].last_seen, self.clock())
+        for o in state.get("orders", []):  # absent in a state saved before inputs were ordered
+            self._restore_order((o["theatre"], o["session"]), o)
         for t in state["thresholds"]:
             self.thresholds[(t["theatre"], t["session"])] = t["values"]
         self.ended.extend((k[0], k[1]) for k in state["ended"])
         self.services_seen = set(state["services_seen"])
         self.services_offline = set(state["services_offline"])
         firing = sum(len(e.firing) for e in self.sessions.values())
+        held = sum(len(o) for o in self.orders.values())
+        if held:
+            log.info("%d inputs held for event-time order restored; held afresh (up to %.0f s)", held, self.hold_s)
         log.info(
             "alert state restored from %s: %d sessions, %d alerts firing", self.state_file, len(self.sessions), firing
         )
+
+
+def _order_state(key: Key, order: EventTimeOrder[Ordered]) -> dict[str, object]:
+    """What is held for a session, as JSON: a restart holds it afresh (the input was acknowledged)."""
+
+    def finite(t: float) -> float | None:
+        return t if math.isfinite(t) else None
+
+    return {
+        "theatre": key[0],
+        "session": key[1],
+        "expected": sorted(order.expected),
+        "watermarks": {s: finite(t) for s, t in order.watermarks.items()},
+        "released_until": finite(order.released_until),
+        "held": [_body_state(item) for _, _, item in order.held()],
+    }
+
+
+def _body_state(body: Ordered) -> dict[str, object]:
+    if isinstance(body, Readings):
+        return {"raw": body.signal, "readings": [r.model_dump(exclude_none=True) for r in body.readings]}
+    return {"leakage" if isinstance(body, Leakage) else "event": body.model_dump(exclude_none=True)}
+
+
+def _body_from_state(h: dict[str, Any]) -> Ordered:
+    if "raw" in h:
+        return Readings(str(h["raw"]), [Reading.model_validate(r) for r in h["readings"]])
+    if "leakage" in h:
+        return Leakage.model_validate(h["leakage"])
+    return Event.model_validate(h["event"])

@@ -18,6 +18,9 @@ class WebhookTarget(BaseModel):
 
 class AlertsSettings(ServiceSettings):
     alerts_state_file: Path = Path(".isoperf/alerts-state.json")
+    # How long (s, the service's clock) a reading or event may wait for a stream that is behind
+    # (the leakage derived from it) before it is applied anyway: see services/alerts/README.md.
+    alerts_hold_s: float = Field(default=30.0, ge=0.0)
     alerts_rules_file: Path | None = None  # TOML: name = value, the names of AlertRules
     alerts_webhooks: list[WebhookTarget] = Field(default_factory=list)  # JSON: [{"url": "...", "format": "slack"}]
     # Where an unacknowledged critical alert goes as well (the on-call phone, a second team).
