@@ -164,7 +164,12 @@ class InfluxClient:
             if resp.status == 204:
                 return
             text = await resp.text()
-            if resp.status >= 500 or resp.status == 429:
+            # Only a refusal of the lines themselves (400: bad points, a partial write; 413: too large)
+            # is final. A missing database (404), rotated credentials (401, 403) or an overloaded server
+            # are retried: the input stays unacknowledged until it is stored.
+            if resp.status not in (400, 413):
+                if resp.status in (401, 403, 404):
+                    log.error("InfluxDB write refused (%d): %s; retrying until it is fixed", resp.status, text[:200])
                 raise aiohttp.ClientResponseError(
                     resp.request_info, resp.history, status=resp.status, message=text[:500]
                 )

@@ -35,7 +35,7 @@ class Readings:
 
     signal: str
     readings: list[Reading]
-    seq: int | None = None  # the gateway's journal sequence number of the message
+    journal_seq: int | None = None  # the gateway's journal sequence number of the message
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,7 @@ class MessageParser:
             raw = parse_reading_payload(data)
             readings = readings_of(raw)
             check_signal_range(where.signal, readings)
-            body = Readings(where.signal, readings, raw.seq)
+            body = Readings(where.signal, readings, raw.journal_seq)
         else:
             body = SESSION_MESSAGES[where.kind].model_validate(data)
         return Inbound(topic, where.kind, where.theatre, where.session, body)

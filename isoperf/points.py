@@ -36,7 +36,7 @@ def reading_lines(theatre: str, session: str, signal: str, readings: list[Readin
 
 
 def event_line(theatre: str, session: str, event: Event) -> str:
-    fields = event.model_dump(exclude={"t", "type", "seq"}, exclude_none=True)
+    fields = event.model_dump(exclude={"t", "type", "journal_seq"}, exclude_none=True)
     fields["label"] = event.label()  # always present: an event may have no other field
     return line("event", _tags(theatre, session, type=event.type), fields, event.t)
 

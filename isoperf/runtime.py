@@ -158,7 +158,10 @@ class ServiceLoop:
                 await wait_or_stop(stop, delay)
         if self.handler is not None:
             # Stopped while disconnected: store what was handled; the broker redelivers the rest.
-            await self._drain(self.handler.flush())
+            try:
+                await self._drain(self.handler.flush())
+            except ConnectionLost as exc:  # stored; what it would have published waits for the next start
+                log.warning("%s: stopped while disconnected (%s)", self.service, exc)
             await self.handler.close()
 
     async def _connected(self, connection: Connection, stop: asyncio.Event) -> None:
@@ -225,20 +228,24 @@ class ServiceLoop:
                 ):
                     start_flush()
                 receiving = asyncio.ensure_future(connection.receive())
-                while True:
-                    waiting: set[asyncio.Future[Any]] = {receiving, stopping}
-                    if flushing is not None:
-                        waiting.add(flushing)
-                    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                    if receiving in done or stopping in done:
-                        break
-                    # The flush finished first. If the inbox is idle, store what is pending now;
-                    # otherwise the next message decides, so batches stay large under load.
-                    assert flushing is not None
-                    flushing.result()
-                    flushing = None
-                    if pending and connection.backlog() == 0:
-                        start_flush()
+                try:
+                    while True:
+                        waiting: set[asyncio.Future[Any]] = {receiving, stopping}
+                        if flushing is not None:
+                            waiting.add(flushing)
+                        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                        if receiving in done or stopping in done:
+                            break
+                        # The flush finished first. If the inbox is idle, store what is pending now;
+                        # otherwise the next message decides, so batches stay large under load.
+                        assert flushing is not None
+                        flushing.result()
+                        flushing = None
+                        if pending and connection.backlog() == 0:
+                            start_flush()
+                except BaseException:
+                    receiving.cancel()  # a failed flush ends the connection: receive nothing more on it
+                    raise
                 if receiving not in done:
                     receiving.cancel()
                     break
@@ -251,6 +258,9 @@ class ServiceLoop:
             if flushing is not None and not flushing.done():
                 await self._drain(asyncio.shield(flushing))
         if flushing is not None:
+            if not flushing.done():  # storage did not answer within the drain timeout: acknowledge nothing more
+                log.error("%s: a write still pending at shutdown; its messages come again", self.service)
+                return
             flushing.result()
         await self._drain(self._flush_and_ack(connection, handler, pending))
 

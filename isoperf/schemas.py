@@ -100,6 +100,7 @@ class Reading(_Model):
     v: Number
     dt: float = Field(strict=True, default=1.0, gt=0.0, le=3600.0)
     seq: int | None = Field(default=None, ge=0)
+    journal_seq: JournalSeq = None
 
 
 class ReadingBatch(_Model):
@@ -107,7 +108,7 @@ class ReadingBatch(_Model):
 
     samples: list[tuple[EventTime, Number]] = Field(min_length=1, max_length=100_000)
     dt: float = Field(strict=True, default=1.0, gt=0.0, le=3600.0)
-    seq: JournalSeq = None
+    journal_seq: JournalSeq = None
 
 
 def readings_of(payload: Reading | ReadingBatch) -> list[Reading]:
@@ -135,7 +136,7 @@ class SessionMeta(_Model):
     circuit_volume_ml: float = Field(strict=True, gt=0.0, le=20_000.0)
     melphalan_mg_per_kg: float = Field(strict=True, gt=0.0, le=10.0)
     thresholds: dict[str, float] | None = None
-    seq: JournalSeq = None
+    journal_seq: JournalSeq = None
 
     @field_validator("thresholds")
     @classmethod
@@ -156,7 +157,7 @@ class Event(_Model):
     duration_s: float | None = Field(strict=True, default=None, gt=0.0, le=86_400.0)
     volume_ml: float | None = Field(strict=True, default=None, gt=0.0, le=100_000.0)
     text: str | None = Field(default=None, max_length=2_000)
-    seq: JournalSeq = None
+    journal_seq: JournalSeq = None
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> Event:
@@ -196,7 +197,7 @@ class LabSample(_Model):
     site: Literal["circuit", "systemic"]
     melphalan_ug_ml: float = Field(strict=True, ge=0.0, le=10_000.0)
     sample_id: str | None = Field(default=None, max_length=128)
-    seq: JournalSeq = None
+    journal_seq: JournalSeq = None
 
 
 class Leakage(_Model):
@@ -314,7 +315,7 @@ class GatewayStatus(_Model):
     reason: str = Field(default="", max_length=500)
     offset_s: Number | None = None
     fill: float | None = Field(strict=True, default=None, ge=0.0, le=1.0)
-    seq: JournalSeq = None
+    journal_seq: JournalSeq = None
 
 
 # The one table of session messages: a topic ``{root}/{theatre}/{session}/{kind}`` carries the model

@@ -34,11 +34,12 @@ class Wiring:
     writer: InfluxWriter
 
 
-def source_for(settings: ServiceSettings, service: str, *, announce: bool = True) -> Source:
-    """The broker connection of one service instance (a fixed client id: a persistent session);
-    ``announce``: its ``offline`` status is the connection's last will."""
+def source_for(settings: ServiceSettings, service: str, *, announce: bool = True, persistent: bool = True) -> Source:
+    """The broker connection of one service instance (a fixed client id; ``persistent``: the broker
+    keeps what it has not acknowledged while it is away); ``announce``: its ``offline`` status is the
+    connection's last will."""
     will = status_topic(settings, service) if announce else None
-    return MqttSource(settings, f"isoperf-{service}-{settings.instance}", will)
+    return MqttSource(settings, f"isoperf-{service}-{settings.instance}", will, persistent=persistent)
 
 
 async def run_consumer(service: str, settings: S, make_handler: Callable[[S, Wiring], Handler]) -> None:

@@ -66,14 +66,9 @@ class MqttSource:
     """Connections of one service to the broker named in its settings."""
 
     def __init__(
-        self, settings: ServiceSettings, client_id: str, will_topic: str | None, *, max_inflight: int = 100
+        self, settings: ServiceSettings, client_id: str, will_topic: str | None, *, persistent: bool = True
     ) -> None:
-        self.settings, self.client_id, self.will_topic, self.max_inflight = (
-            settings,
-            client_id,
-            will_topic,
-            max_inflight,
-        )
+        self.settings, self.client_id, self.will_topic, self.persistent = settings, client_id, will_topic, persistent
         self.name = f"mqtt://{settings.mqtt_host}:{settings.mqtt_port}"
 
     @asynccontextmanager
@@ -85,10 +80,10 @@ class MqttSource:
             username=s.mqtt_username,
             password=_password(s),
             identifier=self.client_id,
-            clean_session=False,
+            clean_session=not self.persistent,
             keepalive=s.mqtt_keepalive_s,
             will=aiomqtt.Will(self.will_topic, b"offline", qos=1, retain=True) if self.will_topic else None,
-            max_inflight_messages=self.max_inflight,
+            max_inflight_messages=100,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         acks = ManualAck(client)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from isoperf.influx import InfluxClient, Row
@@ -25,11 +25,11 @@ from isoperf.queries import session_where
 from isoperf.runtime import ServiceLoop
 from isoperf.schemas import Event, LabSample, Reading, SessionMeta
 from isoperf.service import source_for
-from isoperf.settings import ServiceSettings
 from isoperf.topics import Topics, check_id
-from services.acquisition.gateway import Gateway
+from services.acquisition.gateway import Gateway, run_gateway
 from services.acquisition.journal import Journal
 from services.acquisition.playback import Item, Playback
+from services.acquisition.settings import AcquisitionSettings
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,10 @@ class StoredSession:
         if not meta_rows:
             raise LookupError(f"no stored session {theatre}/{session}")
         m = meta_rows[0]
-        meta = SessionMeta.model_validate({"t": m["time"] / 1000.0, **{f: m[f] for f in META_FIELDS}})
+        thresholds = json.loads(m["thresholds"]) if m.get("thresholds") else None  # the session's own alert levels
+        meta = SessionMeta.model_validate(
+            {"t": m["time"] / 1000.0, **{f: m[f] for f in META_FIELDS}, "thresholds": thresholds}
+        )
         events = [
             Event.model_validate(
                 {"t": r["time"] / 1000.0, "type": r["type"], **{f: r[f] for f in EVENT_FIELDS if r.get(f) is not None}}
@@ -79,9 +82,7 @@ class StoredSession:
             yield t, kind, item
 
 
-async def replay(
-    settings: ServiceSettings, theatre: str, session: str, new: str, speed: float, journal_dir: Path
-) -> int:
+async def replay(settings: AcquisitionSettings, theatre: str, session: str, new: str, speed: float) -> int:
     async with InfluxClient(settings) as influx:
         try:
             stored = await StoredSession.load(influx, theatre, session)
@@ -89,9 +90,10 @@ async def replay(
             print(f"isoperf replay: {exc}", file=sys.stderr)
             return 1
     topics = Topics(settings.mqtt_root)
-    journal = Journal(journal_dir / f"replay-{theatre}-{new}.sqlite")
+    journal = Journal(settings.journal_dir / f"replay-{theatre}-{new}.sqlite")
     gateway = Gateway(journal, topics, theatre)
-    source = source_for(settings, "replay", announce=False)
+    # A client of its own, not kept by the broker after the replay: several replays may run at once.
+    source = source_for(settings.model_copy(update={"instance": new}), "replay", announce=False, persistent=False)
     loop = ServiceLoop(settings, "replay", source, handler=gateway, sender=gateway, announce=False, theatre=theatre)
     playback = Playback(topics, gateway, theatre, new)
     stop = asyncio.Event()
@@ -104,18 +106,21 @@ async def replay(
 
     async def play() -> None:
         await playback.run(stored.timeline(), stored.meta.t, speed, 0.25, stop)
-        await gateway.wait_empty()
+        try:
+            async with asyncio.timeout(settings.journal_drain_s):
+                await gateway.wait_empty()
+        except TimeoutError:
+            log.warning(
+                "%d messages unconfirmed after %.0f s: is the recorder running?", len(gateway), settings.journal_drain_s
+            )
+        left.append(len(gateway))
         stop.set()
 
-    player = asyncio.create_task(play())
-    try:
-        await loop.run(stop)
-        left = len(gateway)
-    finally:
-        player.cancel()
-        journal.close()
-    print(f"done: {gateway.published} messages published, {gateway.confirmed} confirmed stored, {left} unconfirmed")
-    return 0 if not left else 1
+    left: list[int] = []
+    await run_gateway(loop, play(), stop, journal)
+    left = left or [-1]
+    print(f"done: {gateway.published} messages published, {gateway.confirmed} confirmed stored, {left[0]} unconfirmed")
+    return 0 if left == [0] else 1
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -129,16 +134,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ap.add_argument("session")
     ap.add_argument("--as", dest="new", help="the new session id (default: SESSION-replay)")
     ap.add_argument("--speed", type=float, default=0.0, help="1 real time, N times faster, 0 as fast as possible")
-    ap.add_argument("--journal-dir", type=Path, default=Path(".isoperf/journal"))
     ap.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = ServiceSettings()
+    settings = AcquisitionSettings()
     configure_logging(settings.log_level)
     theatre, session = check_id(args.theatre, "theatre"), check_id(args.session, "session")
     new = check_id(args.new or f"{session}-replay"[:64], "session")
     if new == session:
         print("isoperf replay: --as must name a new session id", file=sys.stderr)
         return 2
-    return asyncio.run(replay(settings, theatre, session, new, args.speed, args.journal_dir))
+    return asyncio.run(replay(settings, theatre, session, new, args.speed))

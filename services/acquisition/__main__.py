@@ -12,7 +12,7 @@ from isoperf.runtime import ServiceLoop
 from isoperf.service import source_for
 from isoperf.topics import Topics
 from services.acquisition.equipment import Equipment
-from services.acquisition.gateway import Gateway
+from services.acquisition.gateway import Gateway, run_gateway
 from services.acquisition.journal import Journal
 from services.acquisition.playback import Playback
 from services.acquisition.settings import AcquisitionSettings
@@ -51,14 +51,10 @@ async def run(settings: AcquisitionSettings) -> None:
         if settings.session_meta is not None:
             playback.publish_meta(settings.session_meta)
         equipment = Equipment(settings.device_profiles, playback, loop.deadletters, settings.publish_tick_s)
-        work = asyncio.create_task(equipment.run(stop))
+        work = equipment.run(stop)
     else:
-        work = asyncio.create_task(simulate_session(settings, playback, gateway, stop))
-    try:
-        await loop.run(stop)
-    finally:
-        work.cancel()
-        journal.close()
+        work = simulate_session(settings, playback, gateway, stop)
+    await run_gateway(loop, work, stop, journal)
     log.info("acquisition stopped: %d messages published, %d confirmed stored", gateway.published, gateway.confirmed)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from isoperf.backoff import wait_or_stop
 from isoperf.deadletter import DeadLetters
-from isoperf.schemas import SIGNALS, GatewayStatus, Reading
+from isoperf.schemas import SIGNAL_RANGES, SIGNALS, GatewayStatus, Reading
 from services.acquisition.devices import (
     BadLine,
     ClockJump,
@@ -40,7 +40,7 @@ class Equipment:
         self.playback, self.deadletters, self.tick_s = playback, deadletters, tick_s
         self._pending: list[Item] = []
         self._unpublished: set[tuple[str, str]] = set()
-        self.readings = 0
+        self._stopping = False
 
     @property
     def gateway(self) -> Gateway:
@@ -54,6 +54,7 @@ class Equipment:
                 tasks.create_task(self._read(driver))
             tasks.create_task(self._tick(stop))
             await stop.wait()
+            self._stopping = True
             for driver in self.drivers:
                 driver.stop()
 
@@ -69,12 +70,18 @@ class Equipment:
 
     def _take(self, item: DriverItem) -> None:
         if isinstance(item, DeviceReading):
-            if item.signal in SIGNALS:
+            low, high = SIGNAL_RANGES.get(item.signal, (float("-inf"), float("inf")))
+            if not low <= item.v <= high:  # the recorder would refuse it, and the journal keep it for ever
+                reason = f"{item.signal} value {item.v!r} outside the interface's range [{low}, {high}]"
+                self.deadletters.keep(f"device/{item.device}", f"{item.signal}={item.v}".encode(), reason)
+            elif item.signal in SIGNALS:
                 self._pending.append((item.t, item.signal, Reading(t=item.t, v=item.v, dt=item.dt)))
             elif (item.device, item.signal) not in self._unpublished:
                 self._unpublished.add((item.device, item.signal))
                 log.warning("%s: signal %s is not part of the interface; not published", item.device, item.signal)
         elif isinstance(item, DeviceStatus):
+            if self._stopping and item.state == "disconnected":
+                return  # the gateway stopping is no device fault: no alarm for it
             level = logging.INFO if item.state == "connected" else logging.WARNING
             log.log(level, "device %s %s: %s", item.device, item.state, item.reason)
             self._status(GatewayStatus(t=item.t, source=item.device, state=item.state, reason=item.reason[:500]))
@@ -98,7 +105,6 @@ class Equipment:
     def _flush(self) -> None:
         if self._pending:
             pending, self._pending = sorted(self._pending, key=lambda i: i[0]), []
-            self.readings += len(pending)
             self.playback.emit(pending)
 
     async def _tick(self, stop: asyncio.Event) -> None:

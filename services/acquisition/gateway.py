@@ -4,15 +4,17 @@ the journal when the recorder confirms them (``journal.py`` says why and how).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
+from typing import Any
 
 from pydantic import BaseModel
 
 from isoperf.codec import encode
 from isoperf.messages import Inbound
-from isoperf.runtime import Handler
+from isoperf.runtime import Handler, ServiceLoop
 from isoperf.schemas import DeviceState, GatewayStatus, Stored
 from isoperf.sources import Publisher
 from isoperf.topics import Topics
@@ -20,7 +22,7 @@ from services.acquisition.journal import Journal
 
 log = logging.getLogger(__name__)
 
-Outgoing = tuple[str, BaseModel, bool]  # topic, message (with a ``seq`` field), retained
+Outgoing = tuple[str, BaseModel, bool]  # topic, message (with a ``journal_seq`` field), retained
 
 
 class Gateway(Handler):
@@ -49,7 +51,7 @@ class Gateway(Handler):
         rows = []
         for seq, (topic, message, retain) in zip(self.journal.next_seqs(len(batch)), batch, strict=True):
             where = self.topics.parse(topic)
-            payload = encode(message.model_copy(update={"seq": seq}))
+            payload = encode(message.model_copy(update={"journal_seq": seq}))
             rows.append((seq, where.theatre, where.session, topic, payload, retain))
         self.journal.add(rows)
         if rows:
@@ -58,7 +60,7 @@ class Gateway(Handler):
     def _watch_fill(self, session: str) -> None:
         """Past ``warn_fraction`` of its bound the journal says so on the ``device`` topic (an alarm),
         and again when it is back below."""
-        fill = self.journal.backlog().fill
+        fill = self.journal.fill
         if (fill >= self.warn_fraction) == self.filling:
             return
         self.filling = not self.filling
@@ -68,7 +70,7 @@ class Gateway(Handler):
         status = GatewayStatus(t=time.time(), source="journal", state=state, reason=reason, fill=min(fill, 1.0))
         topic = self.topics.session(self.theatre, session, "device")
         seq = self.journal.next_seqs(1)[0]
-        payload = encode(status.model_copy(update={"seq": seq}))
+        payload = encode(status.model_copy(update={"journal_seq": seq}))
         self.journal.add([(seq, self.theatre, session, topic, payload, False)], force=True)
 
     async def wait_below(self, unsent: int) -> None:
@@ -98,17 +100,19 @@ class Gateway(Handler):
         resent = self.journal.resend()
         if resent:
             log.info("resending %d unconfirmed messages from the journal", resent)
+        next_check = time.monotonic() + self.resend_after_s / 2
         while True:
+            if time.monotonic() >= next_check:  # also while data flows: a confirmation may never come
+                next_check = time.monotonic() + self.resend_after_s / 2
+                n = self.journal.resend(older_than=time.time() - self.resend_after_s)
+                if n:
+                    log.warning("%d messages unconfirmed for %.0f s: sending them again", n, self.resend_after_s)
             entries = self.journal.unsent()
             if not entries:
                 self.journal.changed.clear()
-                try:
-                    async with asyncio.timeout(self.resend_after_s / 2):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, next_check - time.monotonic())):
                         await self.journal.changed.wait()
-                except TimeoutError:
-                    n = self.journal.resend(older_than=time.time() - self.resend_after_s)
-                    if n:
-                        log.warning("%d messages unconfirmed for %.0f s: sending them again", n, self.resend_after_s)
                 continue
             for e in entries:
                 await publisher.publish(e.topic, e.payload, retain=e.retain)
@@ -120,3 +124,28 @@ class Gateway(Handler):
         while len(self):
             self.journal.changed.clear()
             await self.journal.changed.wait()
+
+
+async def run_gateway(
+    loop: ServiceLoop, work: Coroutine[Any, Any, None], stop: asyncio.Event, journal: Journal
+) -> None:
+    """Run the service loop while ``work`` (the devices, the simulator, a replay) feeds the journal.
+
+    If the work fails, that is logged and the gateway stops (what is journalled stays for the next
+    start); at the end the work is cancelled and awaited before the journal closes.
+    """
+
+    def failed(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the gateway's input failed; stopping", exc_info=task.exception())
+            stop.set()
+
+    task = asyncio.create_task(work)
+    task.add_done_callback(failed)
+    try:
+        await loop.run(stop)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        journal.close()

@@ -4,7 +4,7 @@ published, and leaves it only when the recorder confirms that it is stored.
 SQLite in WAL mode with ``synchronous=NORMAL``: a committed message survives a crash of the
 gateway process or of the broker (not necessarily a power cut of the gateway's own machine,
 which ``ISOPERF_JOURNAL_SYNC_FULL`` covers at the cost of an fsync per batch). Each message
-carries its journal sequence number ``seq`` in its payload; the recorder publishes, per
+carries its journal sequence number ``journal_seq`` in its payload; the recorder publishes, per
 session, the sequence numbers it has stored (topic ``stored``), and only those rows are
 deleted. After a reconnection, and for anything published but unconfirmed for
 ``resend_after_s``, the gateway publishes again; storage is idempotent, so a duplicate
@@ -129,6 +129,7 @@ class Journal:
         when = time.time() if at is None else at
         with self._tx():
             self._db.executemany("UPDATE journal SET sent_at = ? WHERE seq = ?", ((when, s) for s in seqs))
+        self.changed.set()  # the unsent backlog shrank: a source held back by it may go on
 
     def confirm(self, theatre: str, session: str, ranges: Iterable[tuple[int, int]]) -> int:
         """The recorder stored these sequence numbers of a session: forget them. Returns how many rows went."""
@@ -155,6 +156,11 @@ class Journal:
         if n:
             self.changed.set()
         return n
+
+    @property
+    def fill(self) -> float:
+        """How full the journal is, by the bytes of the messages it holds."""
+        return self._bytes / self.max_bytes
 
     def backlog(self) -> Backlog:
         n, unsent = self._db.execute("SELECT count(*), count(*) - count(sent_at) FROM journal").fetchone()

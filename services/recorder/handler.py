@@ -2,7 +2,7 @@
 service's ``online``/``offline`` status (measurement ``service_status``, stamped on receipt: a
 status carries no time of its own), so boards can show which services are running.
 
-End-to-end confirmation: a message that carries its gateway's journal sequence number ``seq``
+End-to-end confirmation: a message that carries its gateway's journal sequence number ``journal_seq``
 is confirmed on the session's ``stored`` topic once it is stored, so the gateway can forget it.
 """
 
@@ -42,7 +42,7 @@ def ranges(seqs: set[int]) -> list[tuple[int, int]]:
 
 
 class RecorderHandler(Handler):
-    """Turns each validated message into points; ``flush`` stores them, then confirms their ``seq``."""
+    """Turns each validated message into points; ``flush`` stores them, then confirms their ``journal_seq``."""
 
     kinds: tuple[str, ...] = ("raw/+", "event", "sample", "meta", "device", "status")
 
@@ -59,19 +59,19 @@ class RecorderHandler(Handler):
         elif isinstance(body, Readings):
             self.writer.add(reading_lines(th, se, body.signal, body.readings))
             self.stored_readings += len(body.readings)
-            seq = body.seq
+            seq = body.journal_seq
         elif isinstance(body, Event):
             self.writer.add([event_line(th, se, body)])
-            seq = body.seq
+            seq = body.journal_seq
         elif isinstance(body, LabSample):
             self.writer.add([sample_line(th, se, body)])
-            seq = body.seq
+            seq = body.journal_seq
         elif isinstance(body, SessionMeta):
             self.writer.add([session_line(th, se, body)])
-            seq = body.seq
+            seq = body.journal_seq
         elif isinstance(body, GatewayStatus):
             self.writer.add([device_status_line(th, se, body)])
-            seq = body.seq
+            seq = body.journal_seq
         if seq is not None:
             self._seqs[message.key].add(seq)
 

@@ -39,6 +39,7 @@ def test_three_broker_kills_within_4_s_lose_nothing(
     services("recorder")
     acq = services("acquisition", ISOPERF_THEATRE=theatre, ISOPERF_SESSION=session, ISOPERF_SIM_SPEED=speed)
     wait_for(lambda: stored_readings(stack, theatre, session) > 1000, timeout=60)
+    assert stored_readings(stack, theatre, session) < N_READINGS, "the kills come while the session is in flight"
     started = time.monotonic()
     for _ in range(3):
         stack.kill_broker()
@@ -48,8 +49,6 @@ def test_three_broker_kills_within_4_s_lose_nothing(
     wait_for(lambda: stored_readings(stack, theatre, session) == N_READINGS, timeout=180)
     assert acq.wait(timeout=120) == 0, acq.output()[-3000:]
     assert "not yet confirmed" not in acq.output() and "unconfirmed after" not in acq.output()
-    time.sleep(2)
-    assert stored_readings(stack, theatre, session) == N_READINGS, "nothing stored twice"
 
 
 def journal_readings(path: Path) -> set[tuple[str, float]]:
@@ -102,7 +101,7 @@ def test_a_stored_session_replayed_as_fast_as_possible_gives_the_same_readings_a
     assert acq.wait(timeout=120) == 0, acq.output()[-3000:]
     wait_for(lambda: settled(stack, theatre, session), timeout=120)
     new = f"{session}-r"
-    argv = ["replay", theatre, session, "--as", new, "--speed", "0", "--journal-dir", str(tmp_path / "journal")]
+    argv = ["replay", theatre, session, "--as", new, "--speed", "0"]
     done = subprocess.run(
         [sys.executable, "-m", "isoperf.tools.cli", *argv],
         env={**os.environ, **stack.env()},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import msgpack
@@ -13,7 +14,7 @@ from services.acquisition.journal import Journal, JournalFull
 from services.alerts.engine import SessionAlerts
 from services.alerts.rules import AlertRules
 from services.recorder.handler import ranges
-from tests.fakes import TOPICS
+from tests.fakes import TOPICS, FakePublisher
 
 T = 1_767_225_600.0
 
@@ -25,7 +26,7 @@ def test_a_message_leaves_the_journal_only_when_confirmed_and_survives_a_restart
     topic = TOPICS.raw("th-1", "s-1", "counts")
     gateway.put([(topic, Reading(t=T + i, v=float(i)), False) for i in range(5)])
     entries = journal.unsent()
-    assert [msgpack.unpackb(e.payload)["seq"] for e in entries] == [1, 2, 3, 4, 5]
+    assert [msgpack.unpackb(e.payload)["journal_seq"] for e in entries] == [1, 2, 3, 4, 5]
     journal.mark_sent(e.seq for e in entries)
     assert journal.backlog().unsent == 0 and journal.backlog().messages == 5
     assert journal.confirm("th-1", "other-session", [(1, 5)]) == 0, "another session's confirmation removes nothing"
@@ -41,7 +42,7 @@ def test_a_full_journal_refuses_and_says_so_before(tmp_path: Path) -> None:
     gateway = Gateway(journal, TOPICS, "th-1", warn_fraction=0.5)
     topic = TOPICS.session("th-1", "s-1", "event")
     note = Event(t=T, type="note", text="x" * 1900)
-    for _ in range(540):  # just under 1 MiB of notes (1,935 bytes each)
+    for _ in range(535):  # just under 1 MiB of notes (1,943 bytes each)
         gateway.put([(topic, note, False)])
     with pytest.raises(JournalFull, match="is full"):
         gateway.put([(topic, note, False)] * 20)
@@ -64,3 +65,22 @@ def test_device_faults_and_clock_jumps_are_technical_alarms() -> None:
         GatewayStatus(t=T + 6, source="probe-scaler", state="clock_jump", reason="+3600 s", offset_s=3600.0)
     )
     assert jump[0].rule == "clock:probe-scaler" and "jumped" in jump[0].message and jump[0].value == 3600.0
+
+
+async def test_unconfirmed_messages_go_again_while_data_keeps_flowing_and_backpressure_lifts(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    gateway = Gateway(journal, TOPICS, "th-1", resend_after_s=0.3)
+    pub = FakePublisher()
+    topic = TOPICS.raw("th-1", "s-1", "counts")
+    gateway.put([(topic, Reading(t=T + i, v=float(i)), False) for i in range(10)])
+    held = asyncio.create_task(gateway.wait_below(0))
+    sender = asyncio.create_task(gateway.drain_to(pub))
+    async with asyncio.timeout(2):
+        await held  # published: a source held back by the unsent backlog goes on
+    for i in range(10, 30):  # new data all the time, and no confirmation ever comes
+        gateway.put([(topic, Reading(t=T + i, v=float(i)), False)])
+        await asyncio.sleep(0.05)
+    sender.cancel()
+    first = [p for t, p in pub.sent if msgpack.unpackb(p)["journal_seq"] == 1]
+    assert len(first) >= 2, "an unconfirmed message is sent again although the journal keeps changing"
+    journal.close()
