@@ -202,9 +202,7 @@ async def test_a_handler_bug_is_logged_kept_aside_and_the_loop_goes_on(
     await task
 
 
-async def test_a_lost_connection_reconnects_resubscribes_and_goes_on(
-    tmp_path: Path, source: MemorySource
-) -> None:
+async def test_a_lost_connection_reconnects_resubscribes_and_goes_on(tmp_path: Path, source: MemorySource) -> None:
     handler = GatedHandler()
     loop = ServiceLoop(settings(tmp_path), "test", source, handler=handler)
     stop, task = await run_loop(loop)
