@@ -47,15 +47,19 @@ class Gateway(Handler):
 
     def put(self, items: Iterable[Outgoing]) -> None:
         """Journal messages (one transaction), each stamped with its sequence number."""
-        batch = list(items)
+        rows = self._rows(list(items))
+        self.journal.add(rows)
+        if rows:
+            self._watch_fill(rows[-1][2])
+
+    def _rows(self, batch: list[Outgoing]) -> list[tuple[int, str, str, str, bytes, bool]]:
+        """Journal rows for messages, each payload stamped with its sequence number."""
         rows = []
         for seq, (topic, message, retain) in zip(self.journal.next_seqs(len(batch)), batch, strict=True):
             where = self.topics.parse(topic)
             payload = encode(message.model_copy(update={"journal_seq": seq}))
             rows.append((seq, where.theatre, where.session, topic, payload, retain))
-        self.journal.add(rows)
-        if rows:
-            self._watch_fill(rows[-1][2])
+        return rows
 
     def _watch_fill(self, session: str) -> None:
         """Past ``warn_fraction`` of its bound the journal says so on the ``device`` topic (an alarm),
@@ -69,9 +73,7 @@ class Gateway(Handler):
         (log.error if self.filling else log.info)("%s", reason)
         status = GatewayStatus(t=time.time(), source="journal", state=state, reason=reason, fill=min(fill, 1.0))
         topic = self.topics.session(self.theatre, session, "device")
-        seq = self.journal.next_seqs(1)[0]
-        payload = encode(status.model_copy(update={"journal_seq": seq}))
-        self.journal.add([(seq, self.theatre, session, topic, payload, False)], force=True)
+        self.journal.add(self._rows([(topic, status, False)]), force=True)  # even when full: it says so
 
     async def wait_below(self, unsent: int) -> None:
         """Back-pressure for a source that could outrun the broker (a replay, a backlog)."""

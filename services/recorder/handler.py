@@ -53,25 +53,20 @@ class RecorderHandler(Handler):
 
     async def handle(self, message: Inbound) -> None:
         th, se, body = message.theatre, message.session, message.body
-        seq: int | None = None
         if isinstance(body, ServiceStatus):
             self.writer.add([service_status_line(body.service, body.online, time.time())])
         elif isinstance(body, Readings):
             self.writer.add(reading_lines(th, se, body.signal, body.readings))
             self.stored_readings += len(body.readings)
-            seq = body.journal_seq
         elif isinstance(body, Event):
             self.writer.add([event_line(th, se, body)])
-            seq = body.journal_seq
         elif isinstance(body, LabSample):
             self.writer.add([sample_line(th, se, body)])
-            seq = body.journal_seq
         elif isinstance(body, SessionMeta):
             self.writer.add([session_line(th, se, body)])
-            seq = body.journal_seq
         elif isinstance(body, GatewayStatus):
             self.writer.add([device_status_line(th, se, body)])
-            seq = body.journal_seq
+        seq: int | None = getattr(body, "journal_seq", None)  # what a gateway journalled: confirmed after flush
         if seq is not None:
             self._seqs[message.key].add(seq)
 

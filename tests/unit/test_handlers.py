@@ -124,3 +124,17 @@ async def test_alerts_handler_sets_an_unreadable_state_aside_and_still_alerts(tm
     saved = json.loads(state.read_text())
     assert saved["version"] == 2 and saved["sessions"][0]["firing"]["leakage"]["severity"] == "warning"
     await h.close()
+
+
+async def test_recorder_confirms_journal_numbers_only_after_they_are_stored() -> None:
+    writer, pub = FakeWriter(), FakePublisher()
+    rec = RecorderHandler(writer, TOPICS, pub)
+    batch = ReadingBatch(samples=[(T, 10.0), (T + 1, 11.0)], dt=1.0, journal_seq=3)
+    await deliver(rec, TOPICS.raw("or-1", "s-1", "counts"), encode(batch))
+    await deliver(rec, TOPICS.session("or-1", "s-1", "event"), encode(Event(t=T, type="note", text="x", journal_seq=4)))
+    await deliver(rec, TOPICS.raw("or-1", "s-1", "flow"), encode(Reading(t=T, v=100.0)))  # not journalled
+    assert pub.sent == [], "nothing confirmed before the write"
+    await rec.flush()
+    assert len(writer.stored) == 4
+    assert pub.sent == [("perfusion/or-1/s-1/stored", pub.sent[0][1])]
+    assert decode(pub.sent[0][1])["seqs"] == [[3, 4]]
