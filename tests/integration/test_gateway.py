@@ -27,28 +27,51 @@ def stored_readings(stack: ControlledStack, theatre: str, session: str) -> int:
     return count(stack, f"SELECT count(value) FROM reading WHERE {where(theatre, session)}")
 
 
-@pytest.mark.parametrize("speed", ["0", "200"])
-def test_three_broker_kills_within_4_s_lose_nothing(
-    stack: ControlledStack, services: Callable[..., ServiceProcess], ids: tuple[str, str], speed: str
-) -> None:
-    """The gateway flushing a whole session as fast as the broker takes it (speed 0), or a session
-    played at x200, with the production broker settings (persistence, autosave every 5 s): a broker
-    acknowledges a message before it is on disk, so the journal, not the broker's acknowledgement,
-    must hold it."""
-    theatre, session = ids
-    services("recorder")
-    acq = services("acquisition", ISOPERF_THEATRE=theatre, ISOPERF_SESSION=session, ISOPERF_SIM_SPEED=speed)
-    wait_for(lambda: stored_readings(stack, theatre, session) > 1000, timeout=60)
-    assert stored_readings(stack, theatre, session) < N_READINGS, "the kills come while the session is in flight"
+def kill_the_broker_three_times_within_4_s(stack: ControlledStack) -> None:
     started = time.monotonic()
     for _ in range(3):
         stack.kill_broker()
         stack.restart_broker()
         time.sleep(0.5)
     assert time.monotonic() - started < 4.0
+
+
+def all_stored_and_confirmed(stack: ControlledStack, acq: ServiceProcess, theatre: str, session: str) -> None:
     wait_for(lambda: stored_readings(stack, theatre, session) == N_READINGS, timeout=180)
     assert acq.wait(timeout=120) == 0, acq.output()[-3000:]
     assert "not yet confirmed" not in acq.output() and "unconfirmed after" not in acq.output()
+
+
+def test_three_broker_kills_within_4_s_lose_nothing_of_a_backlog_the_broker_held(
+    stack: ControlledStack, services: Callable[..., ServiceProcess], ids: tuple[str, str]
+) -> None:
+    """The gateway flushes a whole session as fast as the broker takes it (speed 0) while the
+    recorder is away: the broker acknowledges every message and holds it for the recorder's
+    persistent session, in memory (the production settings save every 5 s). Three SIGKILLs later
+    the journal, not the broker's acknowledgement, must bring every reading in."""
+    theatre, session = ids
+    recorder_env = {"ISOPERF_INSTANCE": f"r{session[-6:]}"}  # the same client id: the same broker session
+    services("recorder", **recorder_env).stop()
+    acq = services("acquisition", ISOPERF_THEATRE=theatre, ISOPERF_SESSION=session, ISOPERF_SIM_SPEED="0")
+    wait_for(lambda: "waiting for the recorder to confirm them" in acq.output(), timeout=60)
+    kill_the_broker_three_times_within_4_s(stack)
+    assert stored_readings(stack, theatre, session) == 0, "nothing was stored before the kills"
+    services("recorder", **recorder_env)
+    all_stored_and_confirmed(stack, acq, theatre, session)
+
+
+def test_three_broker_kills_within_4_s_lose_nothing_of_a_session_in_flight(
+    stack: ControlledStack, services: Callable[..., ServiceProcess], ids: tuple[str, str]
+) -> None:
+    """A session played at x200 with the recorder storing as it goes: the kills come while
+    readings are between the devices, the broker and the recorder."""
+    theatre, session = ids
+    services("recorder")
+    acq = services("acquisition", ISOPERF_THEATRE=theatre, ISOPERF_SESSION=session, ISOPERF_SIM_SPEED="200")
+    wait_for(lambda: stored_readings(stack, theatre, session) > 1000, timeout=60)
+    assert stored_readings(stack, theatre, session) < N_READINGS, "the kills come while the session is in flight"
+    kill_the_broker_three_times_within_4_s(stack)
+    all_stored_and_confirmed(stack, acq, theatre, session)
 
 
 def journal_readings(path: Path) -> set[tuple[str, float]]:
@@ -67,27 +90,29 @@ def journal_readings(path: Path) -> set[tuple[str, float]]:
 def test_a_gateway_killed_while_the_broker_is_down_loses_nothing_it_had_read(
     stack: ControlledStack, services: Callable[..., ServiceProcess], ids: tuple[str, str], tmp_path: Path
 ) -> None:
+    """Paced at x200 so that the session is in flight when the broker stops (at speed 0 the
+    whole session may be stored before it does)."""
     theatre, session = ids
     services("recorder")
     journal_dir = tmp_path / "journal"
-    env = {"ISOPERF_THEATRE": theatre, "ISOPERF_SIM_SPEED": "0", "ISOPERF_JOURNAL_DIR": str(journal_dir)}
+    env = {"ISOPERF_THEATRE": theatre, "ISOPERF_SIM_SPEED": "200", "ISOPERF_JOURNAL_DIR": str(journal_dir)}
     acq = services("acquisition", ISOPERF_SESSION=session, **env)
+    w = where(theatre, session)
+
+    def stored() -> set[tuple[str, float]]:
+        return {(r["signal"], r["time"]) for r in stack.rows(f"SELECT value FROM reading WHERE {w} GROUP BY signal")}
+
     wait_for(lambda: stored_readings(stack, theatre, session) > 1000, timeout=60)
     stack.stop_broker()
-    time.sleep(2)  # the simulated devices go on: what they say goes into the journal
+    time.sleep(2)  # the simulated devices go on (400 s of session): what they say goes into the journal
     acq.kill()
     held = journal_readings(journal_dir / f"{theatre}.sqlite")
-    before = stored_readings(stack, theatre, session)
-    assert held, "the journal held readings the broker never took"
+    assert held - stored(), "the journal held readings the broker never took"
     stack.restart_broker()
     # A new gateway process on the same journal (here with a new session of its own) sends the old ones first.
     again = services("acquisition", ISOPERF_SESSION=f"{session}-b", **env)
-    w = where(theatre, session)
-    wait_for(lambda: stored_readings(stack, theatre, session) >= before + 1, timeout=60)
+    wait_for(lambda: not held - stored(), timeout=90)
     assert again.wait(timeout=180) == 0, again.output()[-3000:]
-    stored = {(r["signal"], r["time"]) for r in stack.rows(f"SELECT value FROM reading WHERE {w} GROUP BY signal")}
-    missing = held - stored
-    assert not missing, f"{len(missing)} readings the gateway had read were lost"
     assert not journal_readings(journal_dir / f"{theatre}.sqlite"), "the journal is empty once all is confirmed"
 
 
