@@ -197,7 +197,15 @@ class LabSample(_Model):
     site: Literal["circuit", "systemic"]
     melphalan_ug_ml: float = Field(strict=True, ge=0.0, le=10_000.0)
     sample_id: str | None = Field(default=None, max_length=128)
+    # Extension: when the lab reported it (after the draw): where it enters the session's event time.
+    reported_t: EventTime | None = None
     journal_seq: JournalSeq = None
+
+    @model_validator(mode="after")
+    def _reported_after_drawn(self) -> LabSample:
+        if self.reported_t is not None and self.reported_t < self.t:
+            raise ValueError(f"reported_t {self.reported_t} is before the draw time {self.t}")
+        return self
 
 
 class Leakage(_Model):
@@ -224,9 +232,12 @@ class Alert(_Model):
     value: Number
     threshold: Number
     message: str = Field(max_length=2_000)
-    # Extensions: why this message was sent; whether a silence mutes its notifications.
+    # Extensions: why this message was sent; whether a silence mutes its notifications; whether
+    # it was raised late (its input came after the hold bound of event-time order: ``t`` is the
+    # true event time, earlier than alerts already sent).
     kind: AlertKind | None = None
     silenced: bool | None = None
+    late: bool | None = None
 
 
 class AlertAck(_Model):

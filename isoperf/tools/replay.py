@@ -64,6 +64,7 @@ class StoredSession:
             LabSample.model_validate(
                 {"t": r["time"] / 1000.0, "site": r["site"], "melphalan_ug_ml": float(r["melphalan_ug_ml"])}
                 | ({"sample_id": r["sample_id"]} if r.get("sample_id") else {})
+                | ({"reported_t": r["reported_t"]} if r.get("reported_t") is not None else {})
             )
             for r in await influx.rows(f'SELECT * FROM sample WHERE {w} GROUP BY "site" ORDER BY time')
         ]
@@ -73,7 +74,8 @@ class StoredSession:
     def timeline(self) -> Iterator[Item]:
         """Everything in event-time order, an event first at equal times (as the gateway sent it)."""
         items: list[tuple[float, int, str, Any]] = [(e.t, 0, "event", e) for e in self.events]
-        items.extend((s.t, 1, "sample", s) for s in self.samples)
+        # A lab result when it was reported, as the gateway sent it (its draw time, if not known).
+        items.extend((s.reported_t or s.t, 1, "sample", s) for s in self.samples)
         for r in self.readings:
             t = r["time"] / 1000.0
             items.append((t, 1, str(r["signal"]), Reading(t=t, v=float(r["value"]), dt=float(r.get("dt") or 1.0))))

@@ -230,6 +230,9 @@ class AlertsHandler:
             alerts = [a for x in body.readings for a in engine.on_reading(body.signal, x.t, x.v)]
         else:
             alerts = engine.on_event(body.type, body.t)
+        if r.late and alerts:
+            log.warning("%s/%s: %d alerts raised late, at their event time t=%.3f", *key, len(alerts), r.t)
+            alerts = [a.model_copy(update={"late": True}) for a in alerts]
         self._emit(key, alerts)
         return len(alerts)
 

@@ -9,7 +9,9 @@ from services.pk.settings import PkSettings
 
 def main() -> None:
     def make(settings: PkSettings, wiring: Wiring) -> PkHandler:
-        return PkHandler(wiring.topics, wiring.link, wiring.writer, wiring.influx, settings.pk_interval_s)
+        return PkHandler(
+            wiring.topics, wiring.link, wiring.writer, wiring.influx, settings.pk_interval_s, settings.pk_hold_s
+        )
 
     main_for("pk", PkSettings, make)
 

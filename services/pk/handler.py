@@ -1,33 +1,63 @@
 """The PK service's handler: metadata, events, lab samples and leakage in; ``pk`` estimates out.
 
-An estimate is published (at once, QoS 1) and stored every ``interval_s`` of event
-time while leakage points come, on every procedure event once the drug has started,
-and on every lab sample (late, out of order, or a correction of one already given:
-same ``sample_id``). The first time a session is seen (at start-up, after a
-restart) it is rebuilt from what the recorder and the leakage service stored, so
-a late lab result days after the session still finds its whole context.
+An estimate is published (at once, QoS 1) and stored at the first leakage point of every
+``interval_s`` of event time, on every procedure event once the drug has started, and on
+every lab sample (late, out of order, or a correction of one already given: same
+``sample_id``). The first time a session is seen (at start-up, after a restart) it is
+rebuilt from what the recorder and the leakage service stored, so a late lab result days
+after the session still finds its whole context.
+
+Inputs are applied in event-time order (:mod:`isoperf.eventtime`): the leakage points are
+derived from the counts and come later than the events and samples of the same moment,
+so an event or sample is held until the leakage has passed its time, for at most
+``hold_s`` of the service's clock (then it goes on, logged). A lab sample is ordered at
+its report time (``reported_t``; without one, the latest time of the session's inputs
+when it comes), not at its draw time: the lab reports it later. An estimate sent before
+the leakage had passed its time is corrected when the leakage comes: sent again, for the same ``t``, with the systemic
+exposure of the complete leakage (the stored point is replaced). So a session played at
+any pace, or with the leakage service stopped for a while, ends with the same stored
+estimates.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from isoperf.codec import encode
+from isoperf.eventtime import EventTimeOrder, Released
 from isoperf.influx import LineSink, RowReader
 from isoperf.messages import Inbound
 from isoperf.outbox import Emitter
 from isoperf.points import pk_line
 from isoperf.queries import session_where
 from isoperf.runtime import Handler
-from isoperf.schemas import Event, LabSample, Leakage, SessionMeta
-from isoperf.sources import Publisher
+from isoperf.schemas import Event, LabSample, Leakage, Pk, SessionMeta
+from isoperf.sources import ConnectionLost, Publisher
 from isoperf.topics import Topics
 from services.pk.history import feed, stored_queries
-from services.pk.session import PkSession
+from services.pk.session import LeakBasis, PkSession
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+Ordered = Event | LabSample | Leakage
+# Events and lab samples come from the gateway in order; the leakage is derived from its counts.
+STREAMS = ("inputs", "leakage")
+HOLD_S = 30.0
+MAX_CORRECTIONS = 2_000  # estimates per session awaiting their leakage (then the oldest is given up)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """An estimate sent before the leakage had passed its time, and what it was computed from."""
+
+    pk: Pk
+    basis: LeakBasis
 
 
 class PkHandler(Handler):
@@ -40,13 +70,28 @@ class PkHandler(Handler):
         writer: LineSink,
         influx: RowReader | None,
         interval_s: float = 15.0,
+        hold_s: float = HOLD_S,
+        clock: Callable[[], float] = time.monotonic,
+        tick_s: float = 1.0,
     ) -> None:
         self.topics, self.influx = topics, influx
         self.emitter = Emitter(publisher, writer)
-        self.interval_s = interval_s
+        self.interval_s, self.hold_s, self.clock, self.tick_s = interval_s, hold_s, clock, tick_s
         self.sessions: dict[Key, PkSession] = {}
         self.metas: dict[Key, SessionMeta] = {}
-        self.last_emit: dict[Key, float] = {}
+        self.last_leak: dict[Key, float] = {}  # event time of the latest leakage point applied
+        self.orders: dict[Key, EventTimeOrder[Ordered]] = {}
+        self.uncorrected: dict[Key, dict[float, _Sent]] = {}
+        self._forcing: set[Key] = set()
+        self._flush_lock = asyncio.Lock()
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick_forever())
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
 
     async def handle(self, message: Inbound) -> None:
         key, body = message.key, message.body
@@ -55,33 +100,130 @@ class PkHandler(Handler):
             if key in self.sessions:
                 self.sessions[key].set_meta(body)
             return
-        if isinstance(body, Event):
-            sess = await self._session(key)
-            if sess.add_event(body):
-                self._emit(key, sess, body.t)
-        elif isinstance(body, LabSample):
-            sess = await self._session(key)
-            sess.add_sample(body)
-            latest = max([body.t, *sess.leak_t[-1:], *(e.t for e in sess.events.values())])
-            self._emit(key, sess, latest)
-        elif isinstance(body, Leakage):
-            sess = await self._session(key)
-            if body.percent is None:
-                return
-            sess.add_leakage(body.t, body.percent)
-            if body.t - self.last_emit.get(key, float("-inf")) >= self.interval_s:
-                self._emit(key, sess, body.t)
+        if not isinstance(body, Event | LabSample | Leakage):
+            return
+        await self._session(key)
+        order = self._order(key)
+        now = self.clock()
+        if isinstance(body, Leakage):
+            order.expect("leakage")
+            order.add("leakage", body.t, body, now)
+        elif isinstance(body, Event):
+            order.add("inputs", body.t, body, now)
+        else:  # a lab result enters the session when it was reported
+            reported = body.reported_t if body.reported_t is not None else max(body.t, *order.watermarks.values())
+            order.add("inputs", reported, body, now)
+        self._release(key)
         await self.emitter.send()  # the live path first: before anything is stored
 
-    def _emit(self, key: Key, sess: PkSession, t: float) -> None:
+    # -- event-time order ----------------------------------------------------------------------
+
+    def _order(self, key: Key) -> EventTimeOrder[Ordered]:
+        order = self.orders.get(key)
+        if order is None:
+            order = self.orders[key] = EventTimeOrder(STREAMS, self.hold_s)
+        return order
+
+    def _release(self, key: Key) -> int:
+        """Apply what the leakage has passed (or what was held too long); correct what it now covers.
+
+        Returns how many estimates that sent."""
+        order, sess = self.orders[key], self.sessions[key]
+        released = order.ready(self.clock())
+        forced = [r for r in released if r.forced]
+        if forced and key not in self._forcing:
+            self._forcing.add(key)
+            log.warning(
+                "%s/%s: leakage behind at t=%.3f; inputs held %.0f s go on without it (ISOPERF_PK_HOLD_S);"
+                " their estimates are corrected when it comes",
+                *key,
+                forced[-1].t,
+                self.hold_s,
+            )
+        elif key in self._forcing and not order.behind(order.released_until):
+            self._forcing.discard(key)
+            log.info("%s/%s: the leakage has caught up", *key)
+        sent = sum(self._apply(key, sess, r) for r in released)
+        return sent + self._correct(key, sess, order)
+
+    def _apply(self, key: Key, sess: PkSession, r: Released[Ordered]) -> int:
+        body = r.item
+        if isinstance(body, Event):
+            return self._emit(key, sess, body.t) if sess.add_event(body) else 0
+        if isinstance(body, LabSample):
+            sess.add_sample(body)
+            return self._emit(key, sess, r.t)
+        if body.percent is None:
+            return 0
+        sess.add_leakage(body.t, body.percent)
+        previous = self.last_leak.get(key)
+        self.last_leak[key] = body.t if previous is None else max(previous, body.t)
+        # The first point of each interval of event time: the same points whatever the pace.
+        if previous is None or math.floor(body.t / self.interval_s) > math.floor(previous / self.interval_s):
+            return self._emit(key, sess, body.t)
+        return 0
+
+    def _correct(self, key: Key, sess: PkSession, order: EventTimeOrder[Ordered]) -> int:
+        """Send again, with the complete leakage, the estimates sent before the leakage passed their time."""
+        pending = self.uncorrected.get(key)
+        if not pending:
+            return 0
+        done = [t for t in pending if not order.behind(t)]
+        sent = 0
+        for t in sorted(done):
+            was = pending.pop(t)
+            pk = was.pk.model_copy(update=sess.leak_fields(t, was.basis))
+            if pk != was.pk:
+                self._send(key, pk)
+                sent += 1
+        if done:
+            log.info("%s/%s: %d estimates corrected with the leakage that came late", *key, sent)
+        return sent
+
+    # -- output --------------------------------------------------------------------------------
+
+    def _emit(self, key: Key, sess: PkSession, t: float) -> int:
+        if sess.t0 is None or t < sess.t0:  # before the drug start (a late point of a drug start forced on)
+            return 0
         pk = sess.estimate(t)
         if pk is None:
-            return
-        self.last_emit[key] = max(t, self.last_emit.get(key, t))
+            return 0
+        self._send(key, pk)
+        order = self.orders[key]
+        basis = sess.leak_basis()
+        if order.behind(t) and basis is not None:
+            pending = self.uncorrected.setdefault(key, {})
+            pending[t] = _Sent(pk, basis)
+            if len(pending) > MAX_CORRECTIONS:
+                oldest = min(pending)
+                del pending[oldest]
+                log.warning("%s/%s: estimate at t=%.3f not corrected (leakage too far behind)", *key, oldest)
+        return 1
+
+    def _send(self, key: Key, pk: Pk) -> None:
         self.emitter.emit(self.topics.session(*key, "pk"), encode(pk), [pk_line(*key, pk)])
 
     async def flush(self) -> None:
-        await self.emitter.flush()
+        async with self._flush_lock:
+            await self.emitter.flush()
+
+    def tick(self) -> int:
+        """Release what was held too long; returns how many estimates that sent."""
+        return sum(self._release(key) for key, order in list(self.orders.items()) if len(order))
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            try:
+                if self.tick():
+                    await self.emitter.send()
+                    await self.flush()
+            except ConnectionLost:
+                pass  # sent by the flush after reconnecting
+            except Exception:
+                log.exception("pk clock tick failed")
+
+    # -- sessions ------------------------------------------------------------------------------
 
     async def _session(self, key: Key) -> PkSession:
         sess = self.sessions.get(key)
@@ -98,8 +240,10 @@ class PkHandler(Handler):
             feed(sess, kind, await self.influx.rows(q))
         where = session_where(*key)
         last = await self.influx.rows(f"SELECT last(v_ml) FROM pk WHERE {where}")
-        if last:
-            self.last_emit[key] = last[0]["time"] / 1000.0
+        if last and sess.leak_t:
+            # Points up to here were applied before (their estimates stored); an estimate at an
+            # event may lie ahead of the leakage, so not beyond the stored leakage.
+            self.last_leak[key] = min(last[0]["time"] / 1000.0, sess.leak_t[-1])
         if sess.events or sess.samples:
             log.info(
                 "rebuilt %s/%s: %d events, %d samples, %d leakage points",

@@ -22,7 +22,7 @@ def stored_queries(theatre: str, session: str) -> dict[str, str]:
     return {
         "meta": f'SELECT {", ".join(META_FIELDS)} FROM "session" WHERE {w} ORDER BY time DESC LIMIT 1',
         "event": f'SELECT {events} FROM "event" WHERE {w} ORDER BY time',
-        "sample": f'SELECT "melphalan_ug_ml", "sample_id", "site" FROM "sample" WHERE {w} ORDER BY time',
+        "sample": f'SELECT "melphalan_ug_ml", "sample_id", "site", "reported_t" FROM "sample" WHERE {w} ORDER BY time',
         "leakage": f'SELECT "percent" FROM "leakage" WHERE {w} ORDER BY time',
     }
 
@@ -41,6 +41,7 @@ def feed(sess: PkSession, kind: str, rows: list[dict[str, Any]]) -> None:
                 "site": r["site"],
                 "melphalan_ug_ml": float(r["melphalan_ug_ml"]),
                 "sample_id": r.get("sample_id"),
+                "reported_t": r.get("reported_t"),
             }
             sess.add_sample(LabSample.model_validate(sample))
         elif kind == "leakage":

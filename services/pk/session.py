@@ -30,6 +30,8 @@ GRID_STEP_MIN = 0.25
 WASHOUT_FLOW_ML_MIN = 200.0  # IHHP pump flow (docs/clinical-background.md: tens to a few hundred mL/min)
 GRID_HORIZON_MIN = 240.0
 
+LeakBasis = tuple[np.ndarray, np.ndarray, float]  # the circuit curve (grid, ug/mL) and volume it was fitted to
+
 
 @dataclass
 class PkSession:
@@ -165,6 +167,19 @@ class PkSession:
             return {}
         c_sys, amount, auc = systemic_from_leak(times[:n], self.leak_pct[:n], grid, curve, v_ml)
         return {"systemic_ug_ml": float(c_sys[-1]), "leaked_mg": amount / 1000.0, "leak_auc_systemic": auc}
+
+    def leak_basis(self) -> LeakBasis | None:
+        """What ``estimate`` derives the systemic exposure from, as of now (to correct an estimate
+        later, with leakage points that came late, as it was then)."""
+        fit = self.fit()
+        if fit is None:
+            return None
+        grid, curve = self._circuit_grid(fit)
+        return grid, curve, fit.constants.v_ml
+
+    def leak_fields(self, t: float, basis: LeakBasis) -> dict[str, object]:
+        """The systemic-exposure fields of the estimate at ``t`` from the leakage known now."""
+        return self._systemic_from_leak(self._min(t), *basis)
 
     def _nca(self) -> dict[str, object]:
         ct, cc = self._profile("circuit")
