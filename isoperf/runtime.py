@@ -7,6 +7,11 @@
   decoding, topic and validation. A bad one is kept aside with its reason
   (:class:`~isoperf.deadletter.DeadLetters`); a handler error is logged with its
   traceback and kept aside too; the service carries on either way.
+* Every input's event time is judged against its session's window
+  (:mod:`isoperf.timewindow`): a time far from the session's is kept aside with its
+  reason (a batch sample by sample) and never reaches the handler; the handler's
+  ``rejected`` (if it has one) hears of it (the alerts service raises a clock alarm, the
+  recorder confirms the message to its gateway as handled).
 * Messages are handled while the previous batch is being stored: a batch is
   acknowledged only when the handler's ``flush`` returned, i.e. once its results
   are stored, so a crash of any process loses nothing.
@@ -15,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable
@@ -22,9 +28,11 @@ from typing import Any, Protocol
 
 from isoperf.backoff import Backoff, wait_or_stop
 from isoperf.deadletter import DeadLetters
-from isoperf.messages import Inbound, MessageParser, subscriptions
+from isoperf.messages import Inbound, MessageParser, Readings, subscriptions
+from isoperf.schemas import Event, LabSample, Leakage, Reading, SessionMeta
 from isoperf.settings import ServiceSettings
 from isoperf.sources import Connection, ConnectionLost, Delivery, Publisher, Source
+from isoperf.timewindow import Rejection, SessionWindows, WindowRules
 from isoperf.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -38,7 +46,9 @@ class Handler(Protocol):
     ``flush`` stores everything handled before it was called; ``handle`` may run while
     a flush is in progress (never two flushes at once), so a flush takes what it
     stores before its first ``await``. ``start`` runs once before the first message,
-    ``close`` once after the last flush.
+    ``close`` once after the last flush. A handler may also have
+    ``async def rejected(message, rejections)``: told of the inputs of ``message`` stamped
+    outside their session's time window (kept aside; what was inside goes to ``handle``).
     """
 
     kinds: tuple[str, ...]
@@ -129,6 +139,10 @@ class ServiceLoop:
         self.parser = MessageParser(self.topics, service, kinds, settings.max_payload_bytes)
         self.subscriptions = subscriptions(self.topics, kinds, theatre)  # one theatre's, for a gateway
         self.status_topic = status_topic(settings, service) if announce else None
+        rules = WindowRules(
+            settings.window_before_s, settings.window_after_s, settings.window_ahead_s, settings.window_confirm_n
+        )
+        self.windows = SessionWindows(rules)
         self.handled = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -268,7 +282,16 @@ class ServiceLoop:
         topic, payload = delivery.topic, delivery.payload
         try:
             message = self.parser.parse(topic, payload)
-            await handler.handle(message)
+            inside, rejections = self._judge(message)
+            if rejections:
+                shown = "; ".join(r.reason for r in rejections[:3])
+                more = f" (and {len(rejections) - 3} more samples)" if len(rejections) > 3 else ""
+                self.deadletters.keep(topic, payload, f"outside the session's time window: {shown}{more}")
+                hook = getattr(handler, "rejected", None)
+                if hook is not None:
+                    await hook(message, rejections)
+            if inside is not None:
+                await handler.handle(inside)
             self.handled += 1
         except ValueError as exc:
             self.deadletters.keep(topic, payload, str(exc).replace("\n", "; ")[:1000])
@@ -277,6 +300,28 @@ class ServiceLoop:
         except Exception as exc:
             log.exception("%s: handler failed on %s", self.service, topic)
             self.deadletters.keep(topic, payload, f"handler error: {exc!r}"[:1000])
+
+    def _judge(self, message: Inbound) -> tuple[Inbound | None, list[Rejection]]:
+        """What of ``message`` lies inside its session's time window, and what does not."""
+        key, body, now = message.key, message.body, time.time()
+        if isinstance(body, SessionMeta):
+            self.windows.started(key, body.t)
+        elif isinstance(body, Readings):
+            kept: list[Reading] = []
+            out: list[Rejection] = []
+            for r in body.readings:
+                rejection = self.windows.judge(key, r.t, now)
+                if rejection is None:
+                    kept.append(r)
+                else:
+                    out.append(rejection)
+            if out:  # what is inside goes on (maybe nothing: the message is still confirmed)
+                return dataclasses.replace(message, body=dataclasses.replace(body, readings=kept)), out
+        elif isinstance(body, Event | Leakage | LabSample):
+            rejection = self.windows.judge(key, body.t, now, moves=not isinstance(body, LabSample))
+            if rejection is not None:
+                return None, [rejection]
+        return message, []
 
     async def _flush_and_ack(self, connection: Connection, handler: Handler, pending: list[Delivery]) -> None:
         await handler.flush()

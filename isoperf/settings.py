@@ -46,4 +46,9 @@ class ServiceSettings(BaseSettings):
     flush_max_messages: int = Field(default=500, ge=1)
     flush_max_delay_s: float = Field(default=0.5, gt=0.0)
     drain_timeout_s: float = Field(default=10.0, gt=0.0)
+    # A session's time window (isoperf/timewindow.py): an input stamped outside it is kept aside.
+    window_before_s: float = Field(default=3600.0, gt=0.0)  # before the session's start
+    window_after_s: float = Field(default=900.0, gt=0.0)  # after the session's latest input
+    window_ahead_s: float = Field(default=300.0, gt=0.0)  # ahead of this service's clock
+    window_confirm_n: int = Field(default=30, ge=2)  # distinct times past the bound that move it on
     log_level: str = "INFO"

@@ -37,6 +37,7 @@ from isoperf.outbox import Emitter
 from isoperf.points import alert_ack_line, alert_line, alert_silence_line
 from isoperf.schemas import Alert, AlertAck, AlertSilence, Event, GatewayStatus, Leakage, Reading, SessionMeta
 from isoperf.sources import ConnectionLost, Publisher
+from isoperf.timewindow import Rejection
 from isoperf.topics import Topics
 from services.alerts.channels import Notice, Notifier
 from services.alerts.engine import SessionAlerts, from_state, to_state
@@ -156,6 +157,21 @@ class AlertsHandler:
             return
         engine = self._start_session(key)
         self._emit(key, step(engine))
+
+    async def rejected(self, message: Inbound, rejections: list[Rejection]) -> None:
+        """Inputs stamped far from their session's time (kept aside): a technical alarm, once
+        (``clock:{signal}``), with the offset, so that the device's clock gets fixed."""
+        key, body = message.key, message.body
+        engine = self.sessions.get(key)
+        if engine is None or engine.now is None or key in self.ended:
+            return
+        source = body.signal if isinstance(body, Readings) else message.kind
+        worst = max(rejections, key=lambda r: abs(r.offset_s))
+        status = GatewayStatus(
+            t=engine.now, source=source, state="clock_jump", reason=worst.reason[:500], offset_s=worst.offset_s
+        )
+        self._emit(key, engine.on_device(status))
+        await self.emitter.send()
 
     def _start_session(self, key: Key) -> SessionAlerts:
         """The session's engine; a new one learns of the services already offline. Notes the input's arrival."""

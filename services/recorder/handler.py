@@ -25,6 +25,7 @@ from isoperf.points import (
 from isoperf.runtime import Handler
 from isoperf.schemas import Event, GatewayStatus, LabSample, SessionMeta, Stored
 from isoperf.sources import Publisher
+from isoperf.timewindow import Rejection
 from isoperf.topics import Topics
 
 Key = tuple[str, str]
@@ -67,6 +68,13 @@ class RecorderHandler(Handler):
         elif isinstance(body, GatewayStatus):
             self.writer.add([device_status_line(th, se, body)])
         seq: int | None = getattr(body, "journal_seq", None)  # what a gateway journalled: confirmed after flush
+        if seq is not None:
+            self._seqs[message.key].add(seq)
+
+    async def rejected(self, message: Inbound, rejections: list[Rejection]) -> None:
+        """Kept aside as outside its session's time window: confirmed to its gateway as handled (it
+        would send it again for ever otherwise)."""
+        seq: int | None = getattr(message.body, "journal_seq", None)
         if seq is not None:
             self._seqs[message.key].add(seq)
 

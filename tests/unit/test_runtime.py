@@ -17,9 +17,10 @@ from isoperf.deadletter import DeadLetters
 from isoperf.messages import Inbound, Readings
 from isoperf.outbox import Emitter, Outbox
 from isoperf.runtime import ServiceLoop
-from isoperf.schemas import Reading
+from isoperf.schemas import Reading, ReadingBatch
 from isoperf.settings import ServiceSettings
 from isoperf.sources import Connection, ConnectionLost, Delivery
+from isoperf.timewindow import Rejection
 from tests.fakes import TOPICS, FakePublisher, FakeWriter
 
 T = 1_767_225_600.0
@@ -260,3 +261,34 @@ def test_dead_letters_keep_the_reason_and_a_bounded_payload(tmp_path: Path) -> N
     assert dead.count == 2 and [r["reason"] for r in records] == ["payload too large", "t: field required"]
     assert records[0]["size"] == 100_000 and records[0]["truncated"] is True
     assert len(base64.b64decode(records[0]["payload_b64"])) == 65_536
+
+
+class RejectionsHeard(GatedHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rejected_times: list[float] = []
+
+    async def rejected(self, message: Inbound, rejections: list[Rejection]) -> None:
+        self.rejected_times.extend(r.t for r in rejections)
+
+
+async def test_a_wild_time_is_kept_aside_sample_by_sample_and_the_handler_hears_of_it(
+    tmp_path: Path, source: MemorySource
+) -> None:
+    handler = RejectionsHeard()
+    loop = ServiceLoop(settings(tmp_path), "test", source, handler=handler)
+    stop, task = await run_loop(loop)
+    topic = TOPICS.raw("or-1", "s-1", "counts")
+    source.put(*reading(1.0))
+    wild = T + 6 * 3600
+    source.put(topic, encode(ReadingBatch(samples=[(T + 2.0, 2.0), (wild, 99.0), (T + 3.0, 3.0)])))
+    source.put(topic, encode(Reading(t=wild, v=98.0)))
+    source.put(*reading(4.0))
+    await until(lambda: len(source.acked) == 4)
+    assert handler.stored == [1.0, 2.0, 3.0, 4.0], "what is inside goes on; the wild samples do not"
+    assert handler.rejected_times == [wild, wild]
+    records = [json.loads(x) for x in (tmp_path / "dead" / "test.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    assert all("6 h after the session's latest input" in r["reason"] for r in records), records
+    stop.set()
+    await task

@@ -1,0 +1,123 @@
+"""A session's time window: the event times its inputs may carry. Pure, no I/O.
+
+One reading stamped far from its session's time (a device whose clock was reset, a gateway
+that publishes "now" into a replayed session, a batch with every sample at one wrong time)
+must not move the session's clock, its watermarks or its state: every service would take the
+true readings after it as late. So every service judges each input's time against its
+session's window before it is handled (:class:`isoperf.runtime.ServiceLoop`):
+
+- never more than ``ahead_s`` ahead of the service's own clock;
+- no earlier than the session's start (its metadata, else its first accepted input) minus
+  ``before_s``;
+- no later than the latest time accepted in the session plus ``after_s``.
+
+A time outside is kept aside with its reason and never moves the window. A batch is judged
+sample by sample. When a session's inputs really jump on (a device or gateway restarted
+after a long silence), inputs at ``confirm_n`` distinct times past the bound, with none
+accepted between and agreeing within ``after_s``, move the window there: those were kept
+aside, the rest is accepted. (One wild reading, or a batch with every sample at one wrong
+time, never does: the next true input is accepted and starts the count again.)
+
+Lab results are drawn earlier than they are reported (hours, days): only the start bound
+and the clock bound apply to them, and they do not move the window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+SESSIONS_REMEMBERED = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRules:
+    before_s: float = 3600.0
+    after_s: float = 900.0
+    ahead_s: float = 300.0
+    confirm_n: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An input time outside its session's window: why, and how far off (seconds, signed)."""
+
+    t: float
+    reason: str
+    offset_s: float
+
+
+def _when(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _span(s: float) -> str:
+    s = abs(s)
+    if s >= 7200:
+        return f"{s / 3600:.0f} h"
+    if s >= 120:
+        return f"{s / 60:.0f} min"
+    return f"{s:.0f} s"
+
+
+@dataclass(slots=True)
+class _Window:
+    start: float | None = None
+    latest: float = -math.inf
+    jumped: list[float] = field(default_factory=list)  # times past the bound since the last accepted
+
+
+class SessionWindows:
+    """The windows of the sessions a service has seen."""
+
+    def __init__(self, rules: WindowRules | None = None) -> None:
+        self.rules = rules or WindowRules()
+        self._windows: OrderedDict[tuple[str, str], _Window] = OrderedDict()
+
+    def _window(self, key: tuple[str, str]) -> _Window:
+        w = self._windows.get(key)
+        if w is None:
+            w = self._windows[key] = _Window()
+            if len(self._windows) > SESSIONS_REMEMBERED:
+                self._windows.popitem(last=False)
+        else:
+            self._windows.move_to_end(key)
+        return w
+
+    def started(self, key: tuple[str, str], t: float) -> None:
+        """The session's metadata says when it started."""
+        self._window(key).start = t
+
+    def judge(self, key: tuple[str, str], t: float, now: float, *, moves: bool = True) -> Rejection | None:
+        """None if ``t`` is inside the window (then, if ``moves``, the window takes it in)."""
+        r, w = self.rules, self._window(key)
+        if t > now + r.ahead_s:
+            return Rejection(t, f"time {_when(t)} is {_span(t - now)} ahead of this service's clock", t - now)
+        if w.start is not None and t < w.start - r.before_s:
+            return Rejection(t, f"time {_when(t)} is {_span(w.start - t)} before the session's start", t - w.start)
+        if moves and t > w.latest + r.after_s and w.latest > -math.inf:
+            if self._confirmed(w, t):
+                w.latest = t
+                return None
+            why = f"time {_when(t)} is {_span(t - w.latest)} after the session's latest input"
+            return Rejection(t, why, t - w.latest)
+        if moves:
+            w.jumped.clear()
+            w.latest = max(w.latest, t)
+            if w.start is None:
+                w.start = t
+        return None
+
+    def _confirmed(self, w: _Window, t: float) -> bool:
+        """Inputs at ``confirm_n`` distinct times keep coming past the bound, agreeing with each other
+        and with none accepted between: the session moved on."""
+        if t not in w.jumped:
+            w.jumped.append(t)
+        if len(w.jumped) > self.rules.confirm_n:
+            del w.jumped[0]
+        if len(w.jumped) < self.rules.confirm_n or max(w.jumped) - min(w.jumped) > self.rules.after_s:
+            return False
+        w.jumped.clear()
+        return True
