@@ -65,12 +65,8 @@ class SecureStack:
         """mosquitto_pub/sub arguments of a theatre gateway: the certificate listener, its certificate."""
         gw = self.pki.gateways[theatre]
         s = self.stack
-        return ["-h", s.host, "-p", str(s.mqtt_cert_port), "--cafile", str(self.pki.ca.cert)] + [
-            "--cert",
-            str(gw.cert),
-            "--key",
-            str(gw.key),
-        ]
+        tls = ["-h", s.host, "-p", str(s.mqtt_cert_port), "--cafile", str(self.pki.ca.cert)]
+        return [*tls, "--cert", str(gw.cert), "--key", str(gw.key)]
 
 
 def secure_stack(directory: Path) -> SecureStack:
