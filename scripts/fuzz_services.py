@@ -57,10 +57,10 @@ def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
     return False
 
 
-def run(per_kind: int, seed: int, timeout_s: float) -> int:
+def run(per_kind: int, seed: int, timeout_s: float, keep: Path | None) -> int:
     theatre, session = "fuzz-theatre", f"fuzz-{seed}"
-    with tempfile.TemporaryDirectory(prefix="isoperf-fuzz-") as tmp, LocalStack(Path(tmp) / "stack") as stack:
-        directory = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="isoperf-fuzz-") as tmp, LocalStack(Path(keep or tmp) / "stack") as stack:
+        directory = Path(keep or tmp)
         procs = {name: _spawn(stack, name, directory) for name in SERVICES}
         for name in SERVICES:
             if not stack.wait_status(name, f"fuzz-{name}", timeout_s=60):
@@ -86,7 +86,11 @@ def run(per_kind: int, seed: int, timeout_s: float) -> int:
         for p in procs.values():
             p.terminate()
         codes = {name: p.wait(timeout=60) for name, p in procs.items()}
-        tracebacks = [n for n in SERVICES if "Traceback" in (directory / f"{n}.log").read_text(errors="replace")]
+        logs = {n: (directory / f"{n}.log").read_text(errors="replace") for n in SERVICES}
+        tracebacks = [n for n in SERVICES if "Traceback (most recent call last)" in logs[n]]
+        for n in tracebacks:
+            at = logs[n].index("Traceback (most recent call last)")
+            print(f"--- {n}:\n{logs[n][max(0, at - 300) : at + 1500]}", file=sys.stderr)
         sizes = sorted(len(m.payload) for m in planned)
         by_how = collections.Counter(m.probe.how.split(" ")[0] if m.probe.how.startswith("wrong") else m.probe.how
                                      for m in planned)  # fmt: skip
@@ -119,8 +123,9 @@ def main() -> int:
     ap.add_argument("--per-kind", type=int, default=800, help="payloads per kind of topic (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the services (default: 900)")
+    ap.add_argument("--keep", type=Path, help="run in this directory and keep the logs and dead letters")
     args = ap.parse_args()
-    return run(args.per_kind, args.seed, args.timeout)
+    return run(args.per_kind, args.seed, args.timeout, args.keep)
 
 
 if __name__ == "__main__":
