@@ -36,6 +36,8 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> dict[s
         data = json.loads(payload) if payload[:1] == b"{" else msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise DecodeError(f"not MessagePack or JSON: {exc}") from exc
+    except RecursionError:  # JSON nested deeper than the interpreter's stack (MessagePack stops at its own limit)
+        raise DecodeError("nested too deeply") from None
     if not isinstance(data, dict):
         raise DecodeError(f"expected a map, got {type(data).__name__}")
     return data

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import ssl
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, Self
 
 import aiohttp
 from influxdb_client.client.write.point import Point
 from influxdb_client.domain.write_precision import WritePrecision
+from yarl import URL
 
 from isoperf.backoff import Backoff
 from isoperf.settings import ServiceSettings
+from isoperf.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,11 @@ def line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldVa
     return str(p.to_line_protocol(precision=WritePrecision.MS))
 
 
+def public_url(url: str) -> str:
+    """``url`` without the user and password it may hold: what may be shown or logged."""
+    return str(URL(url).with_user(None).with_password(None))
+
+
 class InfluxError(RuntimeError):
     """InfluxDB refused a request for a reason retrying will not fix."""
 
@@ -87,17 +95,33 @@ class InfluxClient:
     """A small async client for the 1.x HTTP API, with retry on transient failures."""
 
     def __init__(self, settings: ServiceSettings, session: aiohttp.ClientSession | None = None) -> None:
-        self._url = settings.influx_url.rstrip("/")
+        url = URL(settings.influx_url.rstrip("/"))
+        username = settings.influx_username
+        password = settings.influx_password.get_secret_value() if settings.influx_password else ""
+        if url.user is not None:  # credentials written into the URL: moved to the header, never sent or shown in it
+            username = username or url.user
+            password = password or (url.password or "")
+            url = URL(public_url(str(url)))
+        self._url = str(url)
         self.database = settings.influx_database
-        self._auth: dict[str, str] = {}
+        # Credentials travel in the Authorization header, never in the query string: a URL is
+        # logged by proxies and appears in error messages. InfluxDB 1.x takes Basic auth (1.6
+        # does not understand "Token user:password"); 2.x/3.x a token.
         self._headers: dict[str, str] = {}
         if settings.influx_token is not None:
             self._headers["Authorization"] = f"Token {settings.influx_token.get_secret_value()}"
-        elif settings.influx_username:
-            password = settings.influx_password.get_secret_value() if settings.influx_password else ""
-            self._auth = {"u": settings.influx_username, "p": password}
+        elif username:
+            self._headers["Authorization"] = aiohttp.BasicAuth(username, password).encode()
+        self._ssl: ssl.SSLContext | bool = True
+        if url.scheme == "https":
+            self._ssl = client_context(settings.influx_ca_file)
         self._session = session
         self._own_session = session is None
+
+    @property
+    def url(self) -> str:
+        """The server's base URL, without credentials: safe to log."""
+        return self._url
 
     async def __aenter__(self) -> Self:
         if self._session is None:
@@ -120,7 +144,7 @@ class InfluxClient:
 
     async def ping(self) -> bool:
         try:
-            async with self.session.get(f"{self._url}/ping") as resp:
+            async with self.session.get(f"{self._url}/ping", headers=self._headers, ssl=self._ssl) as resp:
                 return resp.status == 204
         except (TimeoutError, aiohttp.ClientError, OSError):
             return False
@@ -130,11 +154,13 @@ class InfluxClient:
 
         Times come back as epoch milliseconds.
         """
-        params = {"q": q, "epoch": "ms", **self._auth}
+        params = {"q": q, "epoch": "ms"}
         db = database if database is not None else self.database
         if db:
             params["db"] = db
-        async with self.session.request(method, f"{self._url}/query", params=params, headers=self._headers) as resp:
+        async with self.session.request(
+            method, f"{self._url}/query", params=params, headers=self._headers, ssl=self._ssl
+        ) as resp:
             body = await resp.json(content_type=None)
             if resp.status >= 400:
                 raise InfluxError(f"query failed ({resp.status}): {body}")
@@ -158,9 +184,11 @@ class InfluxClient:
         """POST lines once; raise ``InfluxError`` on a permanent refusal, aiohttp errors on transient ones."""
         if not lines:
             return
-        params = {"db": self.database, "precision": "ms", **self._auth}
+        params = {"db": self.database, "precision": "ms"}
         data = "\n".join(lines).encode()
-        async with self.session.post(f"{self._url}/write", params=params, data=data, headers=self._headers) as resp:
+        async with self.session.post(
+            f"{self._url}/write", params=params, data=data, headers=self._headers, ssl=self._ssl
+        ) as resp:
             if resp.status == 204:
                 return
             text = await resp.text()

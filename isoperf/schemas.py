@@ -213,12 +213,13 @@ class Leakage(_Model):
 
     t: EventTime
     state: LeakageState
-    percent: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    rate_pct_min: float | None = None
+    # Strict like every number of the interface: true or "1" is a wrong type, not 1 %.
+    percent: Number | None = None
+    ci_low: Number | None = None
+    ci_high: Number | None = None
+    rate_pct_min: Number | None = None
     # Extensions of contract v1 (optional fields):
-    rate_se_pct_min: float | None = None
+    rate_se_pct_min: Number | None = None
     step: bool | None = None
     probe_fault: ProbeFault | None = None
 

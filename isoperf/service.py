@@ -47,7 +47,7 @@ async def run_consumer(service: str, settings: S, make_handler: Callable[[S, Wir
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with InfluxClient(settings) as influx:
-        await _wait_for_influx(influx, settings.influx_url, stop)
+        await _wait_for_influx(influx, influx.url, stop)
         writer = InfluxWriter(influx)
         link = Link()
         handler = make_handler(settings, Wiring(Topics(settings.mqtt_root), link, influx, writer))

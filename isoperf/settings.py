@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from isoperf.codec import DEFAULT_MAX_PAYLOAD_BYTES
@@ -31,6 +32,13 @@ class ServiceSettings(BaseSettings):
     mqtt_password: SecretStr | None = None
     mqtt_root: str = "perfusion"
     mqtt_keepalive_s: int = Field(default=30, ge=5)
+    # TLS to the broker (port 8883 in production): the broker's certificate is verified against
+    # the CA file (or the system's store) and its name against ``mqtt_host``.
+    mqtt_tls: bool = False
+    mqtt_ca_file: Path | None = None
+    # A client certificate and key, for a broker listener that authenticates clients by certificate.
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
 
     influx_url: str = "http://127.0.0.1:8086"
     influx_database: str = "perfusion"
@@ -38,6 +46,8 @@ class ServiceSettings(BaseSettings):
     influx_password: SecretStr | None = None
     # InfluxDB 2.x/3.x compatibility API: a token sent as ``Authorization: Token ...``.
     influx_token: SecretStr | None = None
+    # For an ``https://`` URL: the CA that signed InfluxDB's certificate (default: the system's store).
+    influx_ca_file: Path | None = None
 
     instance: str = Field(default_factory=_default_instance)
     deadletter_dir: Path = Path(".isoperf/deadletter")
@@ -52,3 +62,13 @@ class ServiceSettings(BaseSettings):
     window_ahead_s: float = Field(default=300.0, gt=0.0)  # ahead of this service's clock
     window_confirm_n: int = Field(default=30, ge=2)  # distinct times past the bound that move it on
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _tls_files_need_tls(self) -> Self:
+        files = {"ISOPERF_MQTT_CA_FILE": self.mqtt_ca_file, "ISOPERF_MQTT_CERT_FILE": self.mqtt_cert_file}
+        given = [name for name, value in files.items() if value is not None]
+        if given and not self.mqtt_tls:
+            raise ValueError(f"{', '.join(given)} given but ISOPERF_MQTT_TLS is not true: refusing plain MQTT")
+        if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
+            raise ValueError("ISOPERF_MQTT_CERT_FILE and ISOPERF_MQTT_KEY_FILE go together")
+        return self

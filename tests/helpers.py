@@ -28,7 +28,8 @@ def settled(stack: LocalStack, theatre: str, session: str, n_counts: int = SESSI
     )
 
 
-def mosquitto_pub(stack: LocalStack, topic: str, payload: bytes) -> None:
-    """Publish as a person would by hand, with mosquitto_pub (QoS 1); an empty payload is sent with -n."""
-    argv = [find_binary("mosquitto_pub"), "-h", stack.host, "-p", str(stack.mqtt_port), "-q", "1", "-t", topic]
+def mosquitto_pub(stack: LocalStack, topic: str, payload: bytes, login: list[str] | None = None) -> None:
+    """Publish as a person would by hand, with mosquitto_pub (QoS 1); an empty payload is sent with -n.
+    ``login``: the address, TLS and credential arguments (default: the stack's own)."""
+    argv = [find_binary("mosquitto_pub"), *(login or stack.mosquitto_client_args()), "-q", "1", "-t", topic]
     subprocess.run([*argv, "-s"] if payload else [*argv, "-n"], input=payload, check=True, timeout=10)

@@ -6,11 +6,14 @@
   (:class:`isoperf.sources.mqtt_ack.ManualAck`).
 * The service's retained ``offline`` status is the connection's last will.
 * Nagle's algorithm off: small readings would otherwise wait ~40 ms a hop.
+* TLS when ``ISOPERF_MQTT_TLS`` is set: the broker's certificate and name are verified.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -19,18 +22,67 @@ import aiomqtt
 from isoperf.settings import ServiceSettings
 from isoperf.sources import Connection, ConnectionLost, Delivery
 from isoperf.sources.mqtt_ack import ManualAck
+from isoperf.tls import client_context, probe
 
 
 def _password(settings: ServiceSettings) -> str | None:
     return settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
 
 
-def tool_client(settings: ServiceSettings) -> aiomqtt.Client:
-    """A short-lived client for command-line tools (ack, silence, samples, health checks),
-    with the broker address and credentials of ``settings``."""
-    return aiomqtt.Client(
-        settings.mqtt_host, settings.mqtt_port, username=settings.mqtt_username, password=_password(settings)
+def tls_context(settings: ServiceSettings) -> ssl.SSLContext | None:
+    """The verifying TLS context of ``settings`` (``None``: plain MQTT). The broker's certificate is
+    checked against ``ISOPERF_MQTT_CA_FILE`` (or the system's store), its name against the host."""
+    if not settings.mqtt_tls:
+        return None
+    return client_context(settings.mqtt_ca_file, settings.mqtt_cert_file, settings.mqtt_key_file)
+
+
+def broker_name(settings: ServiceSettings) -> str:
+    return f"{'mqtts' if settings.mqtt_tls else 'mqtt'}://{settings.mqtt_host}:{settings.mqtt_port}"
+
+
+class BrokerRefused(aiomqtt.MqttError):
+    """The broker could not be reached or refused this client, with the reason spelt out."""
+
+
+async def connect_error(settings: ServiceSettings, exc: aiomqtt.MqttError) -> str:
+    """A clear reason for a failed connection: the broker's address, and what TLS found wrong."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (
+            f"{broker_name(settings)}: TLS: the broker's certificate was refused ({cause.verify_message}); "
+            f"check ISOPERF_MQTT_CA_FILE and that {settings.mqtt_host!r} is a name in the certificate"
+        )
+    reason = str(exc)
+    if "code:13" not in reason:  # not a refusal of the credentials (134, 135): look at TLS
+        found = await asyncio.to_thread(probe, settings.mqtt_host, settings.mqtt_port, tls_context(settings))
+        if found is not None:
+            hint = "" if settings.mqtt_tls else ": set ISOPERF_MQTT_TLS=true and ISOPERF_MQTT_CA_FILE"
+            reason = f"{reason}; {found}{hint}"
+    return f"{broker_name(settings)}: {reason}"
+
+
+@asynccontextmanager
+async def tool_client(settings: ServiceSettings) -> AsyncIterator[aiomqtt.Client]:
+    """A short-lived client for command-line tools (ack, silence, samples, health checks), connected
+    with the broker address, credentials and TLS settings of ``settings``; a failure to connect is a
+    :class:`BrokerRefused` that says why."""
+    client = aiomqtt.Client(
+        settings.mqtt_host,
+        settings.mqtt_port,
+        username=settings.mqtt_username,
+        password=_password(settings),
+        tls_context=tls_context(settings),
     )
+    connected = False
+    try:
+        async with client:
+            connected = True
+            yield client
+    except aiomqtt.MqttError as exc:
+        if connected:
+            raise
+        raise BrokerRefused(await connect_error(settings, exc)) from None
 
 
 class MqttConnection:
@@ -69,7 +121,8 @@ class MqttSource:
         self, settings: ServiceSettings, client_id: str, will_topic: str | None, *, persistent: bool = True
     ) -> None:
         self.settings, self.client_id, self.will_topic, self.persistent = settings, client_id, will_topic, persistent
-        self.name = f"mqtt://{settings.mqtt_host}:{settings.mqtt_port}"
+        self.name = broker_name(settings)
+        self._tls = tls_context(settings)
 
     @asynccontextmanager
     async def connect(self, subscriptions: Sequence[str]) -> AsyncIterator[Connection]:
@@ -85,12 +138,16 @@ class MqttSource:
             will=aiomqtt.Will(self.will_topic, b"offline", qos=1, retain=True) if self.will_topic else None,
             max_inflight_messages=100,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            tls_context=self._tls,
         )
         acks = ManualAck(client)
+        connected = False
         try:
             async with client:
+                connected = True
                 for sub in subscriptions:
                     await client.subscribe(sub, qos=1)
                 yield MqttConnection(client, acks)
         except aiomqtt.MqttError as exc:
-            raise ConnectionLost(str(exc)) from exc
+            reason = f"{self.name}: {exc}" if connected else await connect_error(s, exc)
+            raise ConnectionLost(reason) from exc

@@ -22,7 +22,7 @@ import aiohttp
 import pandas as pd
 from tqdm import tqdm
 
-from isoperf.influx import InfluxClient, InfluxError
+from isoperf.influx import InfluxClient, InfluxError, public_url
 from isoperf.queries import session_where
 from isoperf.settings import ServiceSettings
 
@@ -60,16 +60,15 @@ class Store:
             async with InfluxClient(settings) as influx:
                 return [await influx.rows(q) for q in queries]
 
+        url = public_url(settings.influx_url)
         try:
             return asyncio.run(run())
         except InfluxError as exc:
             if "database not found" in str(exc):
-                raise ReviewError(
-                    f"no database {settings.influx_database!r} at {settings.influx_url}: nothing stored yet"
-                ) from None
-            raise ReviewError(f"InfluxDB at {settings.influx_url} refused the query: {exc}") from None
+                raise ReviewError(f"no database {settings.influx_database!r} at {url}: nothing stored yet") from None
+            raise ReviewError(f"InfluxDB at {url} refused the query: {exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise ReviewError(f"cannot reach InfluxDB at {settings.influx_url}: {exc}") from None
+            raise ReviewError(f"cannot reach InfluxDB at {url}: {exc}") from None
 
     def sessions(self) -> pd.DataFrame:
         """Every stored session: start, theatre, session, procedure, duration, peak leakage, alarms."""

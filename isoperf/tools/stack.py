@@ -8,6 +8,7 @@ in temporary directories).
 from __future__ import annotations
 
 import argparse
+import base64
 import getpass
 import json
 import os
@@ -21,6 +22,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
@@ -31,6 +33,10 @@ INSTALL_HINT = "install them with: sudo apt-get install mosquitto influxdb   (or
 
 class StackError(RuntimeError):
     pass
+
+
+def _influxql_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def free_port() -> int:
@@ -50,8 +56,34 @@ def find_binary(name: str, extra_dirs: tuple[str, ...] = ("/usr/sbin", "/usr/bin
     raise StackError(f"{name} not found; {INSTALL_HINT}")
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """The broker's TLS files: the CA that signed its certificate and the clients', its certificate and key."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True)
+class Secured:
+    """What turns the stack's open servers into production-like ones: TLS on the broker (only), broker
+    users with passwords and an ACL, and InfluxDB with authentication on and an administrator."""
+
+    tls: BrokerTls | None = None
+    mqtt_users: dict[str, str] = field(default_factory=dict)  # user -> password; empty: anonymous
+    acl_file: Path | None = None
+    tool_user: str | None = None  # the stack's own mosquitto_sub (status checks) logs in as this user
+    influx_admin: tuple[str, str] | None = None  # (user, password); None: no authentication
+
+
 class LocalStack:
-    """Mosquitto and InfluxDB as child processes. Use as a context manager or call start/stop."""
+    """Mosquitto and InfluxDB as child processes. Use as a context manager or call start/stop.
+
+    ``secured`` runs them as in production: the broker with TLS only (the MQTT port, verified
+    by password; ``mqtt_cert_port``, clients by their certificate), users and an ACL; InfluxDB
+    with authentication on.
+    """
 
     def __init__(
         self,
@@ -61,12 +93,15 @@ class LocalStack:
         influx_port: int | None = None,
         database: str = "perfusion",
         host: str = "127.0.0.1",
+        secured: Secured | None = None,
     ) -> None:
         self.directory = directory.resolve()
         self.host = host
         self.mqtt_port = mqtt_port or free_port()
         self.influx_port = influx_port or free_port()
         self.database = database
+        self.secured = secured or Secured()
+        self.mqtt_cert_port = free_port() if self.secured.tls else None
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
     @property
@@ -74,8 +109,8 @@ class LocalStack:
         return f"http://{self.host}:{self.influx_port}"
 
     def env(self) -> dict[str, str]:
-        """The ``ISOPERF_*`` variables that point a service at this stack."""
-        return {
+        """The ``ISOPERF_*`` variables that point a service at this stack (credentials aside)."""
+        env = {
             "ISOPERF_MQTT_HOST": self.host,
             "ISOPERF_MQTT_PORT": str(self.mqtt_port),
             "ISOPERF_INFLUX_URL": self.influx_url,
@@ -83,6 +118,19 @@ class LocalStack:
             "ISOPERF_DEADLETTER_DIR": str(self.directory / "deadletter"),
             "ISOPERF_JOURNAL_DIR": str(self.directory / "journal"),
         }
+        if self.secured.tls is not None:
+            env |= {"ISOPERF_MQTT_TLS": "true", "ISOPERF_MQTT_CA_FILE": str(self.secured.tls.ca_file)}
+        return env
+
+    def mosquitto_client_args(self, user: str | None = None) -> list[str]:
+        """Arguments of mosquitto_pub/mosquitto_sub for this broker: address, TLS, the login of ``user``."""
+        args = ["-h", self.host, "-p", str(self.mqtt_port)]
+        if self.secured.tls is not None:
+            args += ["--cafile", str(self.secured.tls.ca_file)]
+        user = user or self.secured.tool_user
+        if user is not None:
+            args += ["-u", user, "-P", self.secured.mqtt_users[user]]
+        return args
 
     # -- configuration -----------------------------------------------------------------
 
@@ -90,11 +138,37 @@ class LocalStack:
         d = self.directory / "mosquitto"
         d.mkdir(parents=True, exist_ok=True)
         conf = d / "mosquitto.conf"
+        sec = self.secured
+        if sec.tls is None:
+            listeners = [f"listener {self.mqtt_port} {self.host}"]
+        else:
+            files = [f"cafile {sec.tls.ca_file}", f"certfile {sec.tls.cert_file}", f"keyfile {sec.tls.key_file}"]
+            listeners = [
+                f"listener {self.mqtt_port} {self.host}",
+                *files,
+                "tls_version tlsv1.2",
+                f"listener {self.mqtt_cert_port} {self.host}",
+                *files,
+                "tls_version tlsv1.2",
+                "require_certificate true",
+                "use_identity_as_username true",
+            ]
+        if sec.mqtt_users:
+            passwd = d / "passwd"
+            passwd.write_text("")
+            passwd.chmod(0o600)
+            for user, password in sec.mqtt_users.items():
+                subprocess.run([find_binary("mosquitto_passwd"), "-b", str(passwd), user, password], check=True)
+            auth = ["allow_anonymous false", f"password_file {passwd}"]
+        else:
+            auth = ["allow_anonymous true"]
+        if sec.acl_file is not None:
+            auth.append(f"acl_file {sec.acl_file}")
         conf.write_text(
             "\n".join(
                 [
-                    f"listener {self.mqtt_port} {self.host}",
-                    "allow_anonymous true",
+                    *listeners,
+                    *auth,
                     # Run as whoever started us (as root, mosquitto would switch to 'mosquitto').
                     f"user {getpass.getuser()}",
                     "persistence true",
@@ -135,7 +209,7 @@ bind-address = "{self.host}:{free_port()}"
 [http]
   enabled = true
   bind-address = "{self.host}:{self.influx_port}"
-  auth-enabled = false
+  auth-enabled = {"true" if self.secured.influx_admin else "false"}
   log-enabled = false
 [logging]
   level = "warn"
@@ -198,12 +272,20 @@ bind-address = "{self.host}:{free_port()}"
             return False
 
     def create_database(self) -> None:
+        admin = self.secured.influx_admin
+        if admin is not None:  # with authentication on, InfluxDB lets the first administrator be created
+            user, password = admin
+            self.influxql(f'CREATE USER "{user}" WITH PASSWORD {_influxql_string(password)} WITH ALL PRIVILEGES')
         self.influxql(f'CREATE DATABASE "{self.database}"')
 
     def influxql(self, q: str) -> list[dict[str, Any]]:
         """Run one InfluxQL statement synchronously (for set-up, the CLI and tests)."""
         data = urllib.parse.urlencode({"q": q, "db": self.database, "epoch": "ms"}).encode()
-        with urllib.request.urlopen(f"{self.influx_url}/query", data=data, timeout=30) as resp:
+        request = urllib.request.Request(f"{self.influx_url}/query", data=data)
+        if self.secured.influx_admin is not None:
+            token = base64.b64encode(":".join(self.secured.influx_admin).encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=30) as resp:
             body = json.loads(resp.read())
         result = body["results"][0]
         if "error" in result:
@@ -223,10 +305,7 @@ bind-address = "{self.host}:{free_port()}"
         """Wait until a service's retained status topic says ``want``; False if it did not in time."""
         argv = [
             find_binary("mosquitto_sub"),
-            "-h",
-            self.host,
-            "-p",
-            str(self.mqtt_port),
+            *self.mosquitto_client_args(),
             "-t",
             f"perfusion/status/{service}/{instance}",
             "-C",
