@@ -81,7 +81,11 @@ EventType = Literal[
     "session_end",
     "note",
 ]
-LeakageState = Literal["background", "calibrating", "calibrated", "monitoring", "washout", "ended"]
+# ``released`` (extension of contract v1): after ``isolation_end``. The clamps are off and the
+# tracer left in the organ reaches the body: the curve rises, expectedly, and is not a leak.
+LeakageState = Literal["background", "calibrating", "calibrated", "monitoring", "washout", "released", "ended"]
+# The states in which the figure is the leakage of the isolated circuit (headlines, alarms).
+ISOLATION_STATES: tuple[LeakageState, ...] = ("monitoring", "washout")
 ProbeFault = Literal["no counts", "constant counts"]
 AlertKind = Literal["new", "escalated", "eased", "repeat", "unacknowledged", "resolved"]
 Severity = Literal["advisory", "warning", "critical", "stop"]

@@ -222,7 +222,10 @@ class LeakageEstimator:
         return e[0] if e else None
 
     def _phase_state(self, t: float) -> LeakageState:
+        # After the clamps come off the reading is the tracer released from the organ, not a
+        # leak: ``released`` from ``isolation_end`` on, also after ``session_end``.
         phases: tuple[tuple[str, LeakageState], ...] = (
+            ("isolation_end", "released"),
             ("session_end", "ended"),
             ("washout_end", "monitoring"),
             ("washout_start", "washout"),
