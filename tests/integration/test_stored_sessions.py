@@ -27,6 +27,7 @@ from isoperf.tools import boards
 from isoperf.tools.report import headless
 from isoperf.tools.review import Store
 from isoperf.tools.stack import LocalStack, StackError
+from tests import grafana
 from tests.conftest import ServiceSet, wait_for
 from tests.helpers import count, mosquitto_pub, rows, settled, where
 
@@ -102,6 +103,26 @@ def test_every_panel_annotation_and_variable_returns_data(recorded: LocalStack) 
             if "variable theatre" in label:
                 assert [theatre] in [v[1:] for s in series for v in s["values"]]
     assert empty == []
+
+
+def test_the_boards_read_as_grafana_resolves_them_on_real_results(recorded: LocalStack) -> None:
+    """Series named from what InfluxDB returns for the session, as Grafana names them."""
+    theatre, session, _ = SESSIONS[0]
+    times = [r["time"] for r in rows(recorded, f"SELECT label FROM event WHERE {where(theatre, session)}")]
+    start, end = min(times), max(times) + 15 * 60_000
+
+    def results(target: dict[str, Any]) -> list[dict[str, Any]]:
+        return recorded.influxql(fill(target["query"], theatre, session, start, end))
+
+    shipped = {b["uid"]: b for b in (build() for build in boards.BOARDS.values())}
+    assert grafana.problems(shipped, results) == []
+    for uid in ("isoperf-theatre-live", "isoperf-session-review"):
+        leak = next(p for p in shipped[uid]["panels"] if p["title"].startswith("Leakage, %"))
+        names = [n for t in leak["targets"] for n in grafana.display_names(t, results(t))]
+        assert names == ["leakage", "95% low", "95% high", boards.RELEASED], uid
+        melphalan = next(p for p in shipped[uid]["panels"] if p["title"].startswith("Melphalan"))
+        names = [n for t in melphalan["targets"] for n in grafana.display_names(t, results(t))]
+        assert {"95% low", "95% high", "measured, circuit", "measured, systemic"} <= set(names), names
 
 
 def isoperf(stack: LocalStack, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
