@@ -42,20 +42,58 @@ class Notice:
         return f"[isoperf {what}] {self.theatre}/{self.session}: {a.rule.replace('_', ' ')}"
 
 
+# Adaptive Card text colours: the card has no free colours, only these.
+CARD_COLOURS = {"advisory": "Accent", "warning": "Warning", "critical": "Attention", "stop": "Attention"}
+
+
+def teams_card(notice: Notice) -> dict[str, Any]:
+    """A Teams Workflows ("When a Teams webhook request is received") message: one Adaptive Card.
+
+    Teams retires the Office 365 connectors and their MessageCard format; a Workflow posts the
+    attachments of a ``message`` to the channel.
+    """
+    a = notice.alert
+    facts = [
+        {"title": "Theatre", "value": notice.theatre},
+        {"title": "Session", "value": notice.session},
+        {"title": "Rule", "value": a.rule},
+        {"title": "Severity", "value": a.severity},
+        {"title": "Status", "value": a.status},
+        {"title": "Alert id", "value": a.id},
+    ]
+    card = {
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "type": "AdaptiveCard",
+        "version": "1.4",
+        "msteams": {"width": "Full"},
+        "body": [
+            {
+                "type": "TextBlock",
+                "text": notice.subject(),
+                "weight": "Bolder",
+                "size": "Medium",
+                "wrap": True,
+                "color": "Good" if a.status == "resolved" else CARD_COLOURS[a.severity],
+            },
+            {"type": "TextBlock", "text": a.message, "wrap": True},
+            {"type": "FactSet", "facts": facts},
+        ],
+    }
+    return {
+        "type": "message",
+        "attachments": [
+            {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": card}
+        ],
+    }
+
+
 def webhook_body(notice: Notice, fmt: WebhookFormat) -> dict[str, Any]:
     """The JSON body of a webhook: isoperf's own, or what Slack or Teams incoming webhooks accept."""
     a = notice.alert
     if fmt == "slack":
         return {"text": f"*{notice.subject()}*\n{a.message}"}
     if fmt == "teams":
-        return {
-            "@type": "MessageCard",
-            "@context": "https://schema.org/extensions",
-            "summary": notice.subject(),
-            "themeColor": "1E8449" if a.status == "resolved" else COLOURS[a.severity],
-            "title": notice.subject(),
-            "text": a.message,
-        }
+        return teams_card(notice)
     return {"theatre": notice.theatre, "session": notice.session, **a.model_dump(mode="json", exclude_none=True)}
 
 

@@ -158,7 +158,14 @@ def test_email_and_webhooks_for_firing_repeat_escalation_resolve(
     assert generic[0]["theatre"] == theatre and generic[0]["severity"] == "advisory"
     assert all("text" in b and b["text"].startswith("*[isoperf") for _, path, b in hooks if path == "/slack")
     teams = [b for _, path, b in hooks if path == "/teams"]
-    assert teams[0]["@type"] == "MessageCard" and teams[2]["themeColor"] == "F39C12"
+    # Teams Workflows: a message with one Adaptive Card (the MessageCard connectors are retired).
+    cards = [b["attachments"][0] for b in teams]
+    assert all(b["type"] == "message" and len(b["attachments"]) == 1 for b in teams)
+    assert {c["contentType"] for c in cards} == {"application/vnd.microsoft.card.adaptive"}
+    assert [c["content"]["body"][0]["color"] for c in cards] == ["Accent", "Accent", "Warning", "Good"]
+    assert cards[0]["content"]["type"] == "AdaptiveCard" and cards[0]["content"]["body"][0]["text"] == subjects[0]
+    facts = {f["title"]: f["value"] for f in cards[0]["content"]["body"][2]["facts"]}
+    assert facts["Theatre"] == theatre and facts["Severity"] == "advisory"
 
     # The hanging webhook held up neither the MQTT alert nor the e-mail.
     assert b'"severity": "advisory"' in first_alert or b"advisory" in first_alert
