@@ -42,7 +42,7 @@ def event_line(theatre: str, session: str, event: Event) -> str:
 
 
 def sample_line(theatre: str, session: str, sample: LabSample) -> str:
-    fields = {"melphalan_ug_ml": sample.melphalan_ug_ml, "sample_id": sample.sample_id}
+    fields = {"melphalan_ug_ml": sample.melphalan_ug_ml, "sample_id": sample.sample_id, "reported_t": sample.reported_t}
     return line("sample", _tags(theatre, session, site=sample.site), fields, sample.t)
 
 

@@ -201,6 +201,8 @@ class LabSample(_Model):
     site: Literal["circuit", "systemic"]
     melphalan_ug_ml: float = Field(strict=True, ge=0.0, le=10_000.0)
     sample_id: str | None = Field(default=None, max_length=128)
+    # Extension of contract v1: when the laboratory reported the result (Unix s), for the record.
+    reported_t: EventTime | None = None
     journal_seq: JournalSeq = None
 
 

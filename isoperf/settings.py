@@ -47,3 +47,5 @@ class ServiceSettings(BaseSettings):
     flush_max_delay_s: float = Field(default=0.5, gt=0.0)
     drain_timeout_s: float = Field(default=10.0, gt=0.0)
     log_level: str = "INFO"
+    # The hospital's time zone (IANA name), for local wall times in reports and listings.
+    timezone: str = "UTC"

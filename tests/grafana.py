@@ -82,12 +82,12 @@ def _outer(query: str) -> tuple[str, str]:
         elif depth == 0 and body.startswith(" FROM ", i):
             rest = body[i + 6 :]
             if rest.startswith("("):
-                d, j = 0, 0
-                for j, ch in enumerate(rest):
+                d, end = 0, 0
+                for end, ch in enumerate(rest):  # noqa: B007 (end is used after the loop)
                     d += (ch == "(") - (ch == ")")
                     if d == 0:
                         break
-                rest = "(...)" + rest[j + 1 :]
+                rest = "(...)" + rest[end + 1 :]
             return body[:i], rest
         i += 1
     raise ValueError(f"no FROM in {query}")
@@ -187,7 +187,7 @@ def _matches(matcher: dict[str, Any], names: list[str], refs: set[str]) -> bool:
     if kind == "byName":
         return opt in names
     if kind == "byRegexp":
-        return any(re.search(opt, n) for n in names)
+        return any(re.search(str(opt), n) for n in names)
     if kind == "byFrameRefID":
         return opt in refs
     return True  # byType etc.: not name-based
@@ -220,9 +220,11 @@ def board_problems(board: dict[str, Any], shipped: dict[str, dict[str, Any]], re
         for o in fc.get("overrides", []):
             if not _matches(o["matcher"], names, refs):
                 out.append(f"{where}: override {o['matcher']} matches no series of {names}")
-            for prop in o["properties"]:
-                if prop["id"] == "custom.fillBelowTo" and prop["value"] not in names:
-                    out.append(f"{where}: band fills to {prop['value']!r}, no such series in {names}")
+            out += [
+                f"{where}: band fills to {prop['value']!r}, no such series in {names}"
+                for prop in o["properties"]
+                if prop["id"] == "custom.fillBelowTo" and prop["value"] not in names
+            ]
         defaults = fc.get("defaults", {})
         if p["type"] in ("timeseries", "stat", "gauge"):
             unit = defaults.get("unit")
@@ -257,29 +259,33 @@ def board_problems(board: dict[str, Any], shipped: dict[str, dict[str, Any]], re
                 and p["options"]["reduceOptions"].get("fields") != "/^Time$/"
             ):
                 out.append(f"{where}: last() shows a stale value during a probe fault or after the data stop")
-        if has_session:
-            for t in p["targets"]:
-                if "$timeFilter" not in t["query"]:
-                    out.append(f"{where}: not limited to the dashboard's time range, unlike the curves beside it")
-    for v in board["templating"]["list"]:
-        if v["name"] == "session" and ("$timeFilter" not in v["query"] or v.get("refresh") != 2):
-            out.append(f"{uid}: the session variable is not limited to the time range")
+        if has_session and any("$timeFilter" not in t["query"] for t in p["targets"]):
+            out.append(f"{where}: not limited to the dashboard's time range, unlike the curves beside it")
+    if any(
+        v["name"] == "session" and ("$timeFilter" not in v["query"] or v.get("refresh") != 2)
+        for v in board["templating"]["list"]
+    ):
+        out.append(f"{uid}: the session variable is not limited to the time range")
     # Links: to shipped boards, carrying the variables and a time range.
     urls = _links(board)
     targets = {u: re.match(r"/d/([\w-]+)", u) for u in urls}
-    for u, m in targets.items():
-        if not m or m.group(1) not in shipped:
-            out.append(f"{uid}: link {u} leads to no shipped board")
+    out += [
+        f"{uid}: link {u} leads to no shipped board" for u, m in targets.items() if not m or m.group(1) not in shipped
+    ]
     linked = {m.group(1) for m in targets.values() if m}
     needed = {"isoperf-overview": {"isoperf-theatre-live"}, "isoperf-theatre-live": {"isoperf-session-review"}}
     if missing := needed.get(uid, set()) - linked:
         out.append(f"{uid}: no link to {sorted(missing)}")
-    for link in board.get("links", []):
-        if not (link.get("includeVars") and link.get("keepTime")):
-            out.append(f"{uid}: link {link['title']} does not carry the theatre, session and time range")
-    for u in urls:
-        if "${__data" in u and ("var-session=" not in u or "from=" not in u):
-            out.append(f"{uid}: link {u} does not carry the session and its time range")
+    out += [
+        f"{uid}: link {link['title']} does not carry the theatre, session and time range"
+        for link in board.get("links", [])
+        if not (link.get("includeVars") and link.get("keepTime"))
+    ]
+    out += [
+        f"{uid}: link {u} does not carry the session and its time range"
+        for u in urls
+        if "${__data" in u and ("var-session=" not in u or "from=" not in u)
+    ]
     # Remote staff: firing alarms and who acknowledged them.
     if uid in ("isoperf-theatre-live", "isoperf-overview"):
         queries = [t["query"] for p in board["panels"] for t in p["targets"]]

@@ -30,7 +30,7 @@ from isoperf.settings import ServiceSettings
 # Measurement -> fields to load (tags come along); readings are pivoted, one column per signal.
 TABLES: dict[str, str] = {
     "event": '"label", "type", "activity_mbq", "dose_mg", "mode", "duration_s", "volume_ml", "text"',
-    "sample": '"site", "melphalan_ug_ml", "sample_id"',
+    "sample": '"site", "melphalan_ug_ml", "sample_id", "reported_t"',
     "leakage": '"percent", "ci_low", "ci_high", "rate_pct_min", "state", "probe_fault"',
     "pk": "*",
     "alert": '"rule", "severity", "kind", "status", "value", "threshold", "message", "id", "silenced"',
@@ -84,7 +84,16 @@ class Store:
                 """SELECT count("message") FROM "alert" WHERE "kind" = 'new' """ + by,
             ]
         )
-        columns = ["start", "theatre", "session", "procedure", "isotope", "duration_min", "peak_leakage_isolation_pct", "alarms"]
+        columns = [
+            "start",
+            "theatre",
+            "session",
+            "procedure",
+            "isotope",
+            "duration_min",
+            "peak_leakage_isolation_pct",
+            "alarms",
+        ]
         if not meta:
             return pd.DataFrame(columns=columns)
 

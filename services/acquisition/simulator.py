@@ -337,6 +337,13 @@ def _lab_samples(
                 else float(np.interp(off / 60, minutes, c_sys))
             )
             measured = round(true * float(np.exp(rng.normal(0.0, cfg.assay_cv))), 4)
-            sample = LabSample(t=round(t, 3), site=site, melphalan_ug_ml=measured, sample_id=f"{site[:3]}-{k + 1:02d}")
-            out.append((round(t + cfg.lab_delay_s, 3), sample))
+            reported = round(t + cfg.lab_delay_s, 3)
+            sample = LabSample(
+                t=round(t, 3),
+                site=site,
+                melphalan_ug_ml=measured,
+                sample_id=f"{site[:3]}-{k + 1:02d}",
+                reported_t=reported,
+            )
+            out.append((reported, sample))
     return out

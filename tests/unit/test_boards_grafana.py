@@ -23,7 +23,7 @@ def shipped() -> Boards:
 
 
 def panel(bs: Boards, uid: str, title: str) -> dict[str, Any]:
-    found = [p for p in bs[uid]["panels"] if p["title"].startswith(title)]
+    found: list[dict[str, Any]] = [p for p in bs[uid]["panels"] if p["title"].startswith(title)]
     assert len(found) >= 1, title
     return found[0]
 
