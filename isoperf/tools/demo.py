@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiomqtt
@@ -42,16 +46,27 @@ def _clock(t: float, t0: float) -> str:
     return f"{m:3d}:{s:02d}"
 
 
+STATE_WORDS = {
+    "background": "measuring the background",
+    "calibrating": "calibration dose in: waiting for the calibration plateau",
+    "calibrated": "calibrated; the zero point is set 1-2 min after the circuit dose",
+    "monitoring": "monitoring the leakage",
+    "washout": "washout: monitoring the leakage",
+    "released": "clamps off: the tracer left in the liver reaches the body (expected, not a leak)",
+    "ended": "session ended",
+}
+HOLD_S = 30.0  # lines are held this long in event time (at least), then printed in event-time order
+HOLD_WALL_S = 2.0  # ... and at least as long as this in wall time at the simulation's speed
+
+
 def _describe(leak: dict[str, object]) -> str:
-    state = str(leak.get("state"))
     pct = leak.get("percent")
     if not isinstance(pct, float):
-        return {"background": "measuring background", "calibrating": "waiting for the calibration plateau"}.get(
-            state, "calibrated; the zero point is set 1-2 min after the circuit dose"
-        )
+        return str(leak.get("probe_fault") or STATE_WORDS.get(str(leak.get("state")), leak.get("state")))
+    what = "after release" if leak.get("state") == "released" else "leakage"
     return (
-        f"leakage {pct:5.2f} %  (95% CI {leak['ci_low']:5.2f} to {leak['ci_high']:5.2f})"
-        f"  trend {leak['rate_pct_min']:+.2f} %/min  [{state}]"
+        f"{what:13} {pct:5.2f} %  (95% CI {leak['ci_low']:5.2f} to {leak['ci_high']:5.2f})"
+        f"  trend {leak['rate_pct_min']:+.2f} %/min  [{leak.get('state')}]"
     )
 
 
@@ -65,18 +80,69 @@ def _describe_pk(pk: dict[str, object]) -> str:
     return text
 
 
-async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Event) -> None:
-    """Print events as they happen and the leakage once per simulated minute."""
-    topics = Topics()
+@dataclass
+class Printer:
+    """Lines of the session in event-time order: each is held ``hold_s`` of event time, since the
+    services answer at their own pace (an alert or a pk estimate comes after the leakage point
+    it follows), then printed sorted. Each leakage state change is printed once."""
+
     t0: float | None = None
-    time_now = 0.0
-    next_minute = next_pk = 0.0
+    now: float = -math.inf
+    state: str | None = None
+    next_minute: float = 0.0
+    next_pk: float = 0.0
+    held: list[tuple[float, int, str]] = field(default_factory=list)
+    out: Callable[[str], None] = print
+    hold_s: float = HOLD_S
+
+    def add(self, t: float, text: str) -> None:
+        assert self.t0 is not None
+        heapq.heappush(self.held, (t, len(self.held), f"  {_clock(t, self.t0)}  {text}"))
+
+    def flush(self, until: float = math.inf) -> None:
+        while self.held and self.held[0][0] <= until:
+            self.out(heapq.heappop(self.held)[2])
+
+    def message(self, kind: str, data: dict[str, object]) -> None:
+        t = float(data["t"])  # type: ignore[arg-type]
+        self.t0 = t if self.t0 is None else self.t0  # the first message: the session start
+        if kind != "sample":  # a lab result is stamped with its draw time, and reported later
+            self.now = max(self.now, t)
+        if kind == "alert":
+            if data["status"] == "resolved":
+                what = "RESOLVED"
+            else:
+                what = f"ALERT {str(data['severity']).upper()} ({data.get('kind', 'firing')})"
+            self.add(t, f"{what}: {data['message']}")
+        elif kind == "sample":
+            drawn = _clock(t, self.t0).strip()
+            conc = float(data["melphalan_ug_ml"])  # type: ignore[arg-type]
+            self.add(self.now, f"LAB {data['site']} melphalan {conc:.3g} ug/mL (drawn at {drawn})")
+        elif kind == "pk":
+            circuit = data.get("circuit_ug_ml")
+            if isinstance(circuit, float) and circuit > 0 and t - self.t0 >= self.next_pk:
+                self.next_pk = (t - self.t0) // 300 * 300 + 300
+                self.add(t, _describe_pk(data))
+        elif kind == "event":
+            self.add(t, f"EVENT {Event.model_validate(data).label()}")
+        elif kind == "leakage":
+            state = str(data.get("state"))
+            if state != self.state:
+                self.state = state
+                self.add(t, f"STATE {state}: {STATE_WORDS.get(state, state)}")
+            if isinstance(data.get("percent"), float) and t - self.t0 >= self.next_minute:
+                self.next_minute = (t - self.t0) // 60 * 60 + 60
+                self.add(t, _describe(data))
+        self.flush(self.now - self.hold_s)
+
+
+async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Event, speed: float) -> None:
+    """Print events as they happen and the leakage once per simulated minute, in event-time order."""
+    topics = Topics()
+    printer = Printer(out=lambda line: print(line, flush=True), hold_s=max(HOLD_S, HOLD_WALL_S * speed))
     async with aiomqtt.Client(stack.host, stack.mqtt_port, identifier=f"isoperf-demo-watch-{os.getpid()}") as client:
-        await client.subscribe(topics.session(theatre, session, "event"), qos=1)
-        await client.subscribe(topics.session(theatre, session, "leakage"), qos=1)
-        await client.subscribe(topics.session(theatre, session, "alert"), qos=1)
-        await client.subscribe(topics.session(theatre, session, "sample"), qos=1)
-        await client.subscribe(topics.session(theatre, session, "pk"), qos=1)
+        for kind in ("event", "leakage", "alert", "sample", "pk"):
+            await client.subscribe(topics.session(theatre, session, kind), qos=1)
         messages = aiter(client.messages)
         while not done.is_set():
             try:
@@ -84,35 +150,8 @@ async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Ev
             except TimeoutError:
                 continue
             data = decode(message.payload if isinstance(message.payload, bytes) else b"")
-            t = float(data["t"])
-            t0 = t if t0 is None else t0
-            if not message.topic.value.endswith("/sample"):  # a lab result is stamped with its draw time
-                time_now = max(time_now, t)
-            if message.topic.value.endswith("/alert"):
-                if data["status"] == "resolved":
-                    what = "RESOLVED"
-                else:
-                    what = f"ALERT {str(data['severity']).upper()} ({data.get('kind', 'firing')})"
-                print(f"  {_clock(t, t0)}  {what}: {data['message']}", flush=True)
-            elif message.topic.value.endswith("/sample"):
-                drawn = _clock(t, t0).strip()
-                conc = float(data["melphalan_ug_ml"])
-                print(
-                    f"  {_clock(time_now, t0)}  LAB {data['site']} melphalan {conc:.3g} ug/mL (drawn at {drawn})",
-                    flush=True,
-                )
-                continue
-            elif message.topic.value.endswith("/pk"):
-                circuit = data.get("circuit_ug_ml")
-                if isinstance(circuit, float) and circuit > 0 and t - t0 >= next_pk:
-                    next_pk = (t - t0) // 300 * 300 + 300
-                    print(f"  {_clock(t, t0)}  {_describe_pk(data)}", flush=True)
-                continue
-            elif message.topic.value.endswith("/event"):
-                print(f"  {_clock(t, t0)}  EVENT {Event.model_validate(data).label()}", flush=True)
-            elif t - t0 >= next_minute:
-                next_minute = (t - t0) // 60 * 60 + 60
-                print(f"  {_clock(t, t0)}  {_describe(data)}", flush=True)
+            printer.message(message.topic.value.rsplit("/", 1)[-1], data)
+    printer.flush()
 
 
 def _summary(stack: LocalStack, theatre: str, session: str, wall_s: float) -> None:
@@ -234,7 +273,7 @@ def run_demo(args: argparse.Namespace) -> int:
         done = asyncio.Event()
 
         async def main() -> int:
-            watcher = asyncio.create_task(_watch(stack, theatre, session, done))
+            watcher = asyncio.create_task(_watch(stack, theatre, session, done, args.speed))
             await asyncio.sleep(0.5)  # let the watcher subscribe
             acq = await asyncio.create_subprocess_exec(
                 sys.executable,
