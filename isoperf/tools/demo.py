@@ -83,8 +83,9 @@ def _describe_pk(pk: dict[str, object]) -> str:
 @dataclass
 class Printer:
     """Lines of the session in event-time order: each is held ``hold_s`` of event time, since the
-    services answer at their own pace (an alert or a pk estimate comes after the leakage point
-    it follows), then printed sorted. Each leakage state change is printed once."""
+    services answer at their own pace (an alert comes after the leakage point it follows), then
+    printed sorted; a lab result or a pk estimate is printed when it comes, naming the time it
+    is for. Each leakage state change is printed once."""
 
     t0: float | None = None
     now: float = -math.inf
@@ -122,7 +123,9 @@ class Printer:
             circuit = data.get("circuit_ug_ml")
             if isinstance(circuit, float) and circuit > 0 and t - self.t0 >= self.next_pk:
                 self.next_pk = (t - self.t0) // 300 * 300 + 300
-                self.add(t, _describe_pk(data))
+                # The pk service may lag the session by minutes (it refits as samples come):
+                # printed when it comes, with the time it is for.
+                self.add(max(t, self.now), f"{_describe_pk(data)} (at {_clock(t, self.t0).strip()})")
         elif kind == "event":
             self.add(t, f"EVENT {Event.model_validate(data).label()}")
         elif kind == "leakage":
@@ -173,15 +176,23 @@ def _summary(stack: LocalStack, theatre: str, session: str, wall_s: float) -> No
     pk = stack.rows(f"SELECT * FROM pk WHERE {w} ORDER BY time DESC LIMIT 1")
     if pk:
         p = pk[0]
+
+        def f(key: str, spec: str) -> str:
+            value = p.get(key)
+            return format(value, spec) if isinstance(value, int | float) else "n/a"
+
         print(
-            f"  melphalan, circuit   peak {p['cmax_circuit']:.1f} ug/mL at {p['tmax_circuit_min']:.0f} min,"
-            f" AUC {p['auc_circuit']:.0f} ug*min/mL (linear-up/log-down; linear {p['auc_circuit_linear']:.0f})"
+            f"  melphalan, circuit   peak {f('cmax_circuit', '.1f')} ug/mL at {f('tmax_circuit_min', '.0f')} min,"
+            f" AUC {f('auc_circuit', '.0f')} ug*min/mL (linear-up/log-down; linear {f('auc_circuit_linear', '.0f')})"
         )
-        print(f"  melphalan, systemic  peak {p['cmax_systemic']:.3f} ug/mL, AUC {p['auc_systemic']:.2f} ug*min/mL")
-        print(f"  regional/systemic    AUC ratio {p['auc_ratio']:.0f}, peak ratio {p['peak_ratio']:.0f}")
         print(
-            f"  circuit model        V {p['v_ml']:.0f} +- {p['v_se_ml']:.0f} mL,"
-            f" uptake {p['k_uptake_min']:.4f} +- {p['k_uptake_se_min']:.4f} /min (refitted to {p['n_circuit']} samples)"
+            f"  melphalan, systemic  peak {f('cmax_systemic', '.3f')} ug/mL, AUC {f('auc_systemic', '.2f')} ug*min/mL"
+        )
+        print(f"  regional/systemic    AUC ratio {f('auc_ratio', '.0f')}, peak ratio {f('peak_ratio', '.0f')}")
+        print(
+            f"  circuit model        V {f('v_ml', '.0f')} +- {f('v_se_ml', '.0f')} mL,"
+            f" uptake {f('k_uptake_min', '.4f')} +- {f('k_uptake_se_min', '.4f')} /min"
+            f" (refitted to {p.get('n_circuit')} samples)"
         )
     print(f"  data                 InfluxDB database '{stack.database}' in {stack.directory / 'influxdb'}")
     print(f"  logs                 {stack.directory / 'logs'}")
@@ -213,7 +224,7 @@ def _wait_caught_up(stack: LocalStack, theatre: str, session: str, timeout_s: fl
     return False
 
 
-def _wait_pk(stack: LocalStack, theatre: str, session: str, timeout_s: float = 30.0) -> bool:
+def _wait_pk(stack: LocalStack, theatre: str, session: str, timeout_s: float = 120.0) -> bool:
     """Until the last PK estimate counts every stored lab result."""
     w = session_where(theatre, session)
     deadline = time.monotonic() + timeout_s
@@ -286,7 +297,8 @@ def run_demo(args: argparse.Namespace) -> int:
             )
             code = await acq.wait()
             await asyncio.to_thread(_wait_caught_up, stack, theatre, session)
-            await asyncio.to_thread(_wait_pk, stack, theatre, session)
+            if not await asyncio.to_thread(_wait_pk, stack, theatre, session):
+                print("  (the pk service has not caught up with every lab result yet)", flush=True)
             await asyncio.sleep(0.5)
             done.set()
             await watcher

@@ -30,6 +30,11 @@ def test_lines_come_out_in_event_time_order_with_each_state_once() -> None:
     )
     for dt in range(420, 500):
         p.message("leakage", leak(dt, "released", 5.0))
+    # A pk estimate for 5:05 that comes minutes late is printed when it comes, naming its time.
+    p.message(
+        "pk",
+        {"t": T0 + 305, "circuit_ug_ml": 50.0, "circuit_low_ug_ml": 40.0, "circuit_high_ug_ml": 60.0, "n_circuit": 2},
+    )
     p.flush()
     times = [line.split()[0] for line in lines]
     minutes = [int(t.split(":")[0]) * 60 + int(t.split(":")[1]) for t in times]
@@ -42,6 +47,7 @@ def test_lines_come_out_in_event_time_order_with_each_state_once() -> None:
     assert lines[alert].split()[0] == "5:10" and "6:00" in lines[alert + 1]
     assert sum("STATE released" in line for line in lines[alert:]) == 1
     assert any("after release" in line and "[released]" in line for line in lines)
+    assert lines[-1].split()[0] == "8:19" and lines[-1].endswith("(at 5:05)"), lines[-1]
 
 
 def test_a_line_is_held_until_later_event_time_has_come() -> None:
