@@ -36,6 +36,7 @@ TABLES: dict[str, str] = {
     "alert": '"rule", "severity", "kind", "status", "value", "threshold", "message", "id", "silenced"',
     "alert_ack": '"id", "acknowledged_by", "matched"',
     "alert_silence": '"rule", "duration_s", "reason", "silenced_by"',
+    "alert_delivery": '"id", "channel", "kind", "outcome", "attempts", "sent_at"',
 }
 READING_CHUNK = 20_000  # rows per query, under any max-row-limit a server may set
 
