@@ -262,13 +262,22 @@ def _melphalan(
     samples, c = ctx.data["sample"], ctx.clock
     t_drug = rf.event_time(ctx.events, "drug_start")
     match = rf.matching_auc(ctx.data, t_drug)
-    windows = match["windows"] if match else {}
 
     def window(site: str) -> str:
-        if site not in windows:
+        """The window the stored AUC covers: the first to the last sample the pk service had."""
+        try:
+            n = int(pk_last.get(f"n_{site}"))
+        except (TypeError, ValueError):
             return ""
-        a, b = windows[site]
-        return f" over {a:.0f} to {b:.0f} min after the drug start (first to last {site} sample)"
+        mine = samples[samples["site"] == site].sort_index() if len(samples) else samples
+        if t_drug is None or n < 2 or len(mine) < n:
+            return ""
+        used = mine.iloc[:n]
+        a, b = ((used.index[[0, -1]] - t_drug).total_seconds() / 60).tolist()
+        text = f" over {a:.0f} to {b:.0f} min after the drug start (first to last {site} sample)"
+        if n < len(mine):
+            text += f"; computed from {n} of the {len(mine)} samples stored"
+        return text
 
     leaked = pk_last.get("leaked_mg")
     leaked_text = _fmt(leaked, " mg", 2)
