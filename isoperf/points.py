@@ -87,6 +87,21 @@ def alert_ack_line(theatre: str, session: str, ack: AlertAck, matched: bool) -> 
     return line("alert_ack", _tags(theatre, session), fields, ack.t)
 
 
+def alert_delivery_line(
+    theatre: str, session: str, a: Alert, channel: str, delivered: bool, attempts: int, sent_at: float
+) -> str:
+    """Extension: what became of one alert notice on one notification channel (``channel`` names
+    the kind and its number, never a webhook URL, which holds a secret). Stamped with the
+    alert's event time; ``sent_at`` is the wall clock when it went out or was given up."""
+    fields: dict[str, FieldValue] = {
+        "id": a.id,
+        "outcome": "delivered" if delivered else "failed",
+        "attempts": attempts,
+        "sent_at": sent_at,
+    }
+    return line("alert_delivery", _tags(theatre, session, channel=channel, kind=a.kind or a.status), fields, a.t)
+
+
 def alert_silence_line(theatre: str, session: str, s: AlertSilence) -> str:
     """Extension: every silence, with its reason and who set it."""
     fields: dict[str, FieldValue] = {

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from isoperf.schemas import ISOLATION_STATES
+
+# The leakage of the isolated circuit, for a WHERE clause: not the tracer released from the
+# organ after the clamps come off (state ``released``), which is expected and not a leak.
+DURING_ISOLATION = "(" + " OR ".join(f"\"state\" = '{s}'" for s in ISOLATION_STATES) + ")"
+
 
 class RowSource(Protocol):
     """Anything that runs InfluxQL synchronously and returns rows (``LocalStack`` does)."""

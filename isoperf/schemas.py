@@ -81,7 +81,11 @@ EventType = Literal[
     "session_end",
     "note",
 ]
-LeakageState = Literal["background", "calibrating", "calibrated", "monitoring", "washout", "ended"]
+# ``released`` (extension of contract v1): after ``isolation_end``. The clamps are off and the
+# tracer left in the organ reaches the body: the curve rises, expectedly, and is not a leak.
+LeakageState = Literal["background", "calibrating", "calibrated", "monitoring", "washout", "released", "ended"]
+# The states in which the figure is the leakage of the isolated circuit (headlines, alarms).
+ISOLATION_STATES: tuple[LeakageState, ...] = ("monitoring", "washout")
 ProbeFault = Literal["no counts", "constant counts"]
 AlertKind = Literal["new", "escalated", "eased", "repeat", "unacknowledged", "resolved"]
 Severity = Literal["advisory", "warning", "critical", "stop"]
@@ -197,7 +201,8 @@ class LabSample(_Model):
     site: Literal["circuit", "systemic"]
     melphalan_ug_ml: float = Field(strict=True, ge=0.0, le=10_000.0)
     sample_id: str | None = Field(default=None, max_length=128)
-    # Extension: when the lab reported it (after the draw): where it enters the session's event time.
+    # Extension: when the laboratory reported the result (after the draw): for the record, and where
+    # it enters the session's event time (the pk service orders it there).
     reported_t: EventTime | None = None
     journal_seq: JournalSeq = None
 

@@ -62,6 +62,8 @@ class ServiceSettings(BaseSettings):
     window_ahead_s: float = Field(default=300.0, gt=0.0)  # ahead of this service's clock
     window_confirm_n: int = Field(default=30, ge=2)  # distinct times past the bound that move it on
     log_level: str = "INFO"
+    # The hospital's time zone (IANA name), for local wall times in reports and listings.
+    timezone: str = "UTC"
 
     @model_validator(mode="after")
     def _tls_files_need_tls(self) -> Self:

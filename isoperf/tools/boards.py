@@ -20,10 +20,33 @@ import os
 from pathlib import Path
 from typing import Any
 
+from isoperf.queries import DURING_ISOLATION
+from services.alerts.rules import AlertRules
+
 DATASOURCE = {"type": "influxdb", "uid": "isoperf-influxdb"}
 BOARDS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards"
 SESSION = """"theatre" = '$theatre' AND "session" = '$session'"""
-LEVELS = ((1.0, "#2E86C1"), (2.0, "#F39C12"), (5.0, "#E74C3C"), (10.0, "#7B241C"))
+_RULES = AlertRules()  # the protocol's levels; a session's own (meta thresholds) drive its alarms
+LEVEL_COLOURS = {"advisory": "#2E86C1", "warning": "#F39C12", "critical": "#E74C3C", "stop": "#7B241C"}
+LEVELS = tuple((float(getattr(_RULES, name)), colour) for name, colour in LEVEL_COLOURS.items())
+LEVEL_NAMES = ", ".join(f"{name} {getattr(_RULES, name):g}" for name in LEVEL_COLOURS)
+STALE_S = 15  # a "now" figure older than this is not shown: the state and the data age are
+FRESH = f"time > now() - {STALE_S}s"
+RELEASED = "after release (not a leak)"
+# Units as Grafana names them; custom ones as "suffix:...".
+UNITS = {
+    "percent": "percent",
+    "rate": "suffix:%/min",
+    "counts": "suffix:counts",
+    "flow": "flowmlpm",
+    "pressure": "suffix:mmHg",
+    "temperature": "celsius",
+    "reservoir": "mlitre",
+    "concentration": "suffix:µg/mL",
+    "auc": "suffix:µg·min/mL",
+    "age": "dateTimeFromNow",
+}
+NEUTRAL = {"mode": "absolute", "steps": [{"color": "text", "value": None}]}
 
 Panel = dict[str, Any]
 
@@ -50,33 +73,55 @@ def _panel(kind: str, title: str, targets: list[dict[str, Any]], unit: str = "no
     }
 
 
-def _signal(signal: str, title: str, unit: str) -> Panel:
+def _signal(signal: str, title: str) -> Panel:
     q = (
         f"""SELECT mean("value") FROM "reading" WHERE {SESSION} AND "signal" = '{signal}' AND $timeFilter """
         "GROUP BY time($__interval) fill(none)"
     )
-    return _panel("timeseries", title, [_target(q, alias=title)], unit)
+    return _panel("timeseries", title, [_target(q, alias=signal)], UNITS[signal])
+
+
+def _level_steps() -> dict[str, Any]:
+    steps = [{"color": "green", "value": None}] + [{"color": c, "value": v} for v, c in LEVELS]
+    return {"mode": "absolute", "steps": steps}
 
 
 def _leakage() -> Panel:
-    q = (
+    """Leakage during isolation with its band; the rise after release apart, in grey."""
+    group = "GROUP BY time($__interval) fill(none)"
+    during = (
         'SELECT mean("percent") AS "leakage", mean("ci_low") AS "95% low", mean("ci_high") AS "95% high" '
-        f'FROM "leakage" WHERE {SESSION} AND $timeFilter GROUP BY time($__interval) fill(none)'
+        f'FROM "leakage" WHERE {SESSION} AND {DURING_ISOLATION} AND $timeFilter {group}'
     )
-    steps = [{"color": "green", "value": None}] + [{"color": c, "value": v} for v, c in LEVELS]
+    released = (
+        f'SELECT mean("percent") AS "{RELEASED}" FROM "leakage" '
+        f"WHERE {SESSION} AND \"state\" = 'released' AND $timeFilter {group}"
+    )
     band = [
         {
             "matcher": {"id": "byName", "options": "95% high"},
             "properties": [{"id": "custom.fillBelowTo", "value": "95% low"}, {"id": "custom.lineWidth", "value": 0}],
         },
         {"matcher": {"id": "byName", "options": "95% low"}, "properties": [{"id": "custom.lineWidth", "value": 0}]},
+        {
+            "matcher": {"id": "byName", "options": RELEASED},
+            "properties": [
+                {"id": "color", "value": {"mode": "fixed", "fixedColor": "#999999"}},
+                {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+            ],
+        },
     ]
     return _panel(
         "timeseries",
-        "Leakage, % (95 % interval; lines: advisory 1, warning 2, critical 5, stop 10)",
-        [_target(q)],
-        "percent",
-        defaults={"thresholds": {"mode": "absolute", "steps": steps}, "custom": {"thresholdsStyle": {"mode": "line"}}},
+        f"Leakage, % (band: 95 % interval; lines: {LEVEL_NAMES}; grey: {RELEASED})",
+        [_target(during, alias="$col"), _target(released, "B", alias="$col")],
+        UNITS["percent"],
+        description=(
+            "An alarm fires when the lower bound of the 95 % interval is above a level and resolves when the "
+            "upper bound is back below it. After the clamps come off the tracer left in the organ reaches the "
+            "body: the grey curve, expected, not a leak, and never alarmed on."
+        ),
+        defaults={"thresholds": _level_steps(), "custom": {"thresholdsStyle": {"mode": "line"}}},
         overrides=band,
     )
 
@@ -100,9 +145,9 @@ def _melphalan() -> Panel:
     ]
     return _panel(
         "timeseries",
-        "Melphalan, ug/mL: predicted (band: 95 %) and measured (points)",
-        [_target(predicted), _target(measured, "B", alias="measured, $tag_site")],
-        "none",
+        "Melphalan, µg/mL: predicted (band: 95 %) and measured (points)",
+        [_target(predicted, alias="$col"), _target(measured, "B", alias="measured, $tag_site")],
+        UNITS["concentration"],
         overrides=band,
     )
 
@@ -148,24 +193,74 @@ def _variables(with_session: bool = True) -> list[dict[str, Any]]:
     out = [var("theatre", 'SHOW TAG VALUES FROM "session" WITH KEY = "theatre"')]
     if with_session:
         out.append(
-            var("session", """SHOW TAG VALUES FROM "session" WITH KEY = "session" WHERE "theatre" = '$theatre'""")
+            # Sessions that started in the dashboard's time range (the tag read back as a column):
+            # a theatre's whole history is not offered, and the list follows the range.
+            var(
+                "session",
+                """SELECT "session", "label" FROM "event" WHERE "theatre" = '$theatre' """
+                """AND "type" = 'session_start' AND $timeFilter""",
+            )
         )
     return out
 
 
-def _stat(title: str, query: str, unit: str = "none", decimals: int = 2) -> Panel:
+def _stat(
+    title: str, query: str, unit: str, decimals: int = 2, thresholds: dict[str, Any] | None = None, **extra: Any
+) -> Panel:
     return _panel(
         "stat",
         title,
         [_target(query)],
         unit,
-        defaults={"decimals": decimals},
-        options={"reduceOptions": {"calcs": ["lastNotNull"]}},
+        defaults={"decimals": decimals, "thresholds": thresholds or NEUTRAL, **extra.pop("defaults", {})},
+        options={"reduceOptions": {"calcs": ["lastNotNull"], **extra.pop("reduce", {})}, "colorMode": "background"},
+        **extra,
     )
 
 
-def _table(title: str, query: str) -> Panel:
-    return _panel("table", title, [_target(query, fmt="table")])
+def _age(title: str, query: str) -> Panel:
+    """When the last point came, as "x seconds ago": the time column, not a value."""
+    return _stat(title, query, UNITS["age"], reduce={"fields": "/^Time$/"})
+
+
+def _table(title: str, query: str, **extra: Any) -> Panel:
+    return _panel("table", title, [_target(query, fmt="table")], "none", **extra)
+
+
+def _link(title: str, uid: str, query: str) -> dict[str, Any]:
+    return {"title": title, "url": f"/d/{uid}/{uid.removeprefix('isoperf-')}?{query}", "targetBlank": False}
+
+
+def _board_link(title: str, uid: str) -> dict[str, Any]:
+    """A dashboard link carrying the variables (theatre, session) and the time range shown."""
+    return {
+        "type": "link",
+        "title": title,
+        "url": f"/d/{uid}/{uid.removeprefix('isoperf-')}",
+        "includeVars": True,
+        "keepTime": True,
+        "targetBlank": False,
+        "icon": "dashboard",
+        "tags": [],
+        "asDropdown": False,
+        "tooltip": "",
+    }
+
+
+def _alarm_panels(where: str) -> list[tuple[Panel, int, int]]:
+    """For remote staff: what is firing now, and who acknowledged what, when."""
+    firing = _table(
+        "Alarms firing",
+        'SELECT "status", "message", "id" FROM '
+        '(SELECT last("status") AS "status", last("message") AS "message", last("id") AS "id" '
+        f'FROM "alert" WHERE {where} AND $timeFilter GROUP BY "theatre", "session", "rule", "severity") '
+        'WHERE "status" = \'firing\' GROUP BY "theatre", "session", "rule", "severity"',
+    )
+    acks = _table(
+        "Alarms acknowledged: by whom, when",
+        f'SELECT "id", "acknowledged_by" FROM "alert_ack" WHERE {where} AND $timeFilter GROUP BY "theatre", "session"',
+    )
+    return [(firing, 14, 8), (acks, 10, 8)]
 
 
 def _layout(rows: list[list[tuple[Panel, int, int]]]) -> list[Panel]:
@@ -207,13 +302,65 @@ def _dashboard(
 
 
 def theatre_live() -> dict[str, Any]:
-    now = f'FROM "leakage" WHERE {SESSION} AND $timeFilter'
+    now = f'FROM "leakage" WHERE {SESSION} AND {DURING_ISOLATION} AND $timeFilter AND {FRESH}'
+    rate_steps = {
+        "mode": "absolute",
+        "steps": [{"color": "green", "value": None}, {"color": "#F39C12", "value": _RULES.leak_rate_pct_min}],
+    }
+    to_review = "var-theatre=${__data.fields.theatre}&var-session=${__data.fields.session}&from=${__value.time}&to=now"
+    session_row = _table(
+        "Session: open the review from its start",
+        f"""SELECT "theatre", "session", "label" FROM "event" WHERE {SESSION} AND "type" = 'session_start' """
+        "AND $timeFilter",
+        defaults={"links": [_link("Session review from the session's start", "isoperf-session-review", to_review)]},
+    )
     panels = _layout(
         [
             [
                 (_leakage(), 16, 10),
-                (_stat("Leakage now, %", f'SELECT last("percent") {now}', "percent"), 4, 10),
-                (_stat("Leak rate now, %/min", f'SELECT last("rate_pct_min") {now}'), 4, 10),
+                (
+                    _stat(
+                        f"Leakage now, % (none when older than {STALE_S} s)",
+                        f'SELECT last("percent") {now}',
+                        UNITS["percent"],
+                        thresholds=_level_steps(),
+                    ),
+                    4,
+                    10,
+                ),
+                (
+                    _stat(
+                        "Leak rate now, %/min",
+                        f'SELECT last("rate_pct_min") {now}',
+                        UNITS["rate"],
+                        thresholds=rate_steps,
+                    ),
+                    4,
+                    10,
+                ),
+            ],
+            [
+                (
+                    _stat(
+                        "Leakage state (probe fault)",
+                        f'SELECT "state", "probe_fault" FROM "leakage" WHERE {SESSION} AND $timeFilter '
+                        "ORDER BY time DESC LIMIT 1",
+                        "none",
+                        reduce={"fields": "/.*/"},
+                    ),
+                    8,
+                    4,
+                ),
+                (
+                    _age(
+                        "Last probe reading",
+                        f"""SELECT last("value") FROM "reading" WHERE {SESSION} AND "signal" = 'counts' """
+                        "AND $timeFilter",
+                    ),
+                    8,
+                    4,
+                ),
+                (session_row, 8, 4),
             ],
             [
                 (
@@ -222,27 +369,31 @@ def theatre_live() -> dict[str, Any]:
                         "Leak rate, %/min",
                         [
                             _target(
-                                f'SELECT mean("rate_pct_min") {now} GROUP BY time($__interval) fill(none)', alias="rate"
+                                f'SELECT mean("rate_pct_min") FROM "leakage" WHERE {SESSION} AND {DURING_ISOLATION} '
+                                "AND $timeFilter GROUP BY time($__interval) fill(none)",
+                                alias="rate",
                             )
                         ],
+                        UNITS["rate"],
                     ),
                     12,
                     7,
                 ),
-                (_signal("counts", "Probe counts per interval", "none"), 12, 7),
+                (_signal("counts", "Probe counts per interval"), 12, 7),
             ],
             [
-                (_signal("flow", "Pump flow, mL/min", "none"), 12, 7),
-                (_signal("pressure", "Circuit pressure, mmHg", "none"), 12, 7),  # no mmHg unit in Grafana,
+                (_signal("flow", "Pump flow, mL/min"), 12, 7),
+                (_signal("pressure", "Circuit pressure, mmHg"), 12, 7),
             ],
             [
-                (_signal("temperature", "Perfusate temperature", "celsius"), 12, 7),
-                (_signal("reservoir", "Reservoir level, mL", "none"), 12, 7),
+                (_signal("temperature", "Perfusate temperature, °C"), 12, 7),
+                (_signal("reservoir", "Reservoir level, mL"), 12, 7),
             ],
             [(_melphalan(), 24, 9)],
+            _alarm_panels(SESSION),
         ]
     )
-    return _dashboard(
+    board = _dashboard(
         "isoperf-theatre-live",
         "isoperf: theatre live",
         panels,
@@ -251,35 +402,73 @@ def theatre_live() -> dict[str, Any]:
         variables=_variables(),
         annotations=_annotations(),
     )
+    board["links"] = [
+        _board_link("Overview", "isoperf-overview"),
+        _board_link("Session review", "isoperf-session-review"),
+    ]
+    return board
 
 
 def session_review() -> dict[str, Any]:
-    w = f"WHERE {SESSION}"
+    w = f"WHERE {SESSION} AND $timeFilter"
     panels = _layout(
         [
             [
-                (_stat("Peak leakage, %", f'SELECT max("percent") FROM "leakage" {w}', "percent"), 4, 4),
-                (_stat("Regional AUC, ug*min/mL", f'SELECT last("auc_circuit") FROM "pk" {w}', decimals=0), 4, 4),
-                (_stat("Systemic AUC, ug*min/mL", f'SELECT last("auc_systemic") FROM "pk" {w}'), 4, 4),
-                (_stat("Regional/systemic AUC ratio", f'SELECT last("auc_ratio") FROM "pk" {w}', decimals=0), 4, 4),
-                (_stat("Regional peak, ug/mL", f'SELECT last("cmax_circuit") FROM "pk" {w}', decimals=1), 4, 4),
                 (
                     _stat(
-                        "Alarms raised", f"""SELECT count("message") FROM "alert" {w} AND "kind" = 'new'""", decimals=0
+                        "Peak leakage during isolation, %",
+                        f'SELECT max("percent") FROM "leakage" {w} AND {DURING_ISOLATION}',
+                        UNITS["percent"],
+                        thresholds=_level_steps(),
                     ),
                     4,
                     4,
                 ),
+                (
+                    _stat(
+                        f"Peak {RELEASED}, %",
+                        f"""SELECT max("percent") FROM "leakage" {w} AND "state" = 'released'""",
+                        UNITS["percent"],
+                    ),
+                    4,
+                    4,
+                ),
+                (_stat("Regional AUC", f'SELECT last("auc_circuit") FROM "pk" {w}', UNITS["auc"], 0), 4, 4),
+                (_stat("Systemic AUC", f'SELECT last("auc_systemic") FROM "pk" {w}', UNITS["auc"]), 4, 4),
+                (_stat("Regional/systemic AUC ratio", f'SELECT last("auc_ratio") FROM "pk" {w}', "none", 0), 4, 4),
+                (
+                    _stat("Regional peak", f'SELECT last("cmax_circuit") FROM "pk" {w}', UNITS["concentration"], 1),
+                    2,
+                    4,
+                ),
+                (
+                    _stat(
+                        "Alarms raised",
+                        f"""SELECT count("message") FROM "alert" {w} AND "kind" = 'new'""",
+                        "none",
+                        0,
+                    ),
+                    2,
+                    4,
+                ),
             ],
             [(_leakage(), 24, 9)],
-            [(_signal("counts", "Probe counts per interval", "none"), 12, 7), (_melphalan(), 12, 7)],
+            [(_signal("counts", "Probe counts per interval"), 12, 7), (_melphalan(), 12, 7)],
             [
-                (_signal("flow", "Pump flow, mL/min", "none"), 12, 7),
-                (_signal("pressure", "Circuit pressure, mmHg", "none"), 12, 7),
+                (_signal("flow", "Pump flow, mL/min"), 12, 7),
+                (_signal("pressure", "Circuit pressure, mmHg"), 12, 7),
+            ],
+            [
+                (_signal("temperature", "Perfusate temperature, °C"), 12, 7),
+                (_signal("reservoir", "Reservoir level, mL"), 12, 7),
             ],
             [
                 (_table("Events", f'SELECT "label", "type" FROM "event" {w}'), 12, 8),
-                (_table("Lab samples", f'SELECT "site", "melphalan_ug_ml", "sample_id" FROM "sample" {w}'), 12, 8),
+                (
+                    _table("Lab samples, µg/mL", f'SELECT "site", "melphalan_ug_ml", "sample_id" FROM "sample" {w}'),
+                    12,
+                    8,
+                ),
             ],
             [
                 (
@@ -291,58 +480,54 @@ def session_review() -> dict[str, Any]:
             ],
         ]
     )
-    return _dashboard(
+    board = _dashboard(
         "isoperf-session-review",
         "isoperf: session review",
         panels,
         refresh="",
-        time_from="now-6h",
+        time_from="now-24h",
         variables=_variables(),
         annotations=_annotations(),
     )
+    board["links"] = [_board_link("Overview", "isoperf-overview"), _board_link("Theatre live", "isoperf-theatre-live")]
+    return board
 
 
 def overview() -> dict[str, Any]:
     recent = "WHERE $timeFilter"
+    to_live = "var-theatre=${__data.fields.theatre}&var-session=${__data.fields.session}&from=now-2h&to=now"
+    age = {"matcher": {"id": "byName", "options": "Time"}, "properties": [{"id": "unit", "value": UNITS["age"]}]}
     panels = _layout(
         [
             [
                 (
                     _table(
-                        "Sessions: current leakage and state",
+                        "Sessions: current leakage and state (open: theatre live)",
                         'SELECT last("percent") AS "leakage %", last("state") AS "state" '
                         f'FROM "leakage" {recent} GROUP BY "theatre", "session"',
+                        defaults={"links": [_link("Theatre live", "isoperf-theatre-live", to_live)]},
                     ),
                     24,
                     8,
                 )
             ],
+            _alarm_panels("time > 0"),
             [
                 (
                     _table(
-                        "Alerts firing",
-                        'SELECT "status", "rule", "severity", "message" FROM '
-                        '(SELECT last("status") AS "status", last("message") AS "message" '
-                        f'FROM "alert" {recent} GROUP BY "theatre", "session", "rule", "severity") '
-                        'WHERE "status" = \'firing\' GROUP BY "theatre", "session"',
-                    ),
-                    24,
-                    8,
-                )
-            ],
-            [
-                (
-                    _table(
-                        "Devices: last reading per signal",
+                        "Theatres: age of the last reading per signal",
                         f'SELECT last("value") AS "last value" FROM "reading" {recent} GROUP BY "theatre", "signal"',
+                        overrides=[age],
                     ),
                     12,
                     8,
                 ),
                 (
                     _table(
-                        "Services (latest status)",
-                        'SELECT last("status") AS "status" FROM "service_status" GROUP BY "service", "instance"',
+                        "Services online (latest status of each instance)",
+                        'SELECT "status" FROM (SELECT last("status") AS "status" FROM "service_status" '
+                        'GROUP BY "service", "instance") WHERE "status" = \'online\' GROUP BY "service", "instance"',
+                        overrides=[age],
                     ),
                     12,
                     8,
@@ -350,7 +535,11 @@ def overview() -> dict[str, Any]:
             ],
         ]
     )
-    return _dashboard("isoperf-overview", "isoperf: overview", panels, refresh="10s", time_from="now-12h", variables=[])
+    board = _dashboard(
+        "isoperf-overview", "isoperf: overview", panels, refresh="10s", time_from="now-12h", variables=[]
+    )
+    board["links"] = [_board_link("Theatre live", "isoperf-theatre-live")]
+    return board
 
 
 BOARDS = {"theatre-live": theatre_live, "session-review": session_review, "overview": overview}

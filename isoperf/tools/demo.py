@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiomqtt
 
 from isoperf.codec import decode
-from isoperf.queries import count, leakage_caught_up, session_where
+from isoperf.queries import DURING_ISOLATION, count, leakage_caught_up, session_where
 from isoperf.schemas import Event
 from isoperf.tools.stack import LocalStack, StackError
 from isoperf.topics import Topics
@@ -42,16 +46,27 @@ def _clock(t: float, t0: float) -> str:
     return f"{m:3d}:{s:02d}"
 
 
+STATE_WORDS = {
+    "background": "measuring the background",
+    "calibrating": "calibration dose in: waiting for the calibration plateau",
+    "calibrated": "calibrated; the zero point is set 1-2 min after the circuit dose",
+    "monitoring": "monitoring the leakage",
+    "washout": "washout: monitoring the leakage",
+    "released": "clamps off: the tracer left in the liver reaches the body (expected, not a leak)",
+    "ended": "session ended",
+}
+HOLD_S = 30.0  # lines are held this long in event time (at least), then printed in event-time order
+HOLD_WALL_S = 2.0  # ... and at least as long as this in wall time at the simulation's speed
+
+
 def _describe(leak: dict[str, object]) -> str:
-    state = str(leak.get("state"))
     pct = leak.get("percent")
     if not isinstance(pct, float):
-        return {"background": "measuring background", "calibrating": "waiting for the calibration plateau"}.get(
-            state, "calibrated; the zero point is set 1-2 min after the circuit dose"
-        )
+        return str(leak.get("probe_fault") or STATE_WORDS.get(str(leak.get("state")), leak.get("state")))
+    what = "after release" if leak.get("state") == "released" else "leakage"
     return (
-        f"leakage {pct:5.2f} %  (95% CI {leak['ci_low']:5.2f} to {leak['ci_high']:5.2f})"
-        f"  trend {leak['rate_pct_min']:+.2f} %/min  [{state}]"
+        f"{what:13} {pct:5.2f} %  (95% CI {leak['ci_low']:5.2f} to {leak['ci_high']:5.2f})"
+        f"  trend {leak['rate_pct_min']:+.2f} %/min  [{leak.get('state')}]"
     )
 
 
@@ -65,18 +80,72 @@ def _describe_pk(pk: dict[str, object]) -> str:
     return text
 
 
-async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Event) -> None:
-    """Print events as they happen and the leakage once per simulated minute."""
-    topics = Topics()
+@dataclass
+class Printer:
+    """Lines of the session in event-time order: each is held ``hold_s`` of event time, since the
+    services answer at their own pace (an alert comes after the leakage point it follows), then
+    printed sorted; a lab result or a pk estimate is printed when it comes, naming the time it
+    is for. Each leakage state change is printed once."""
+
     t0: float | None = None
-    time_now = 0.0
-    next_minute = next_pk = 0.0
+    now: float = -math.inf
+    state: str | None = None
+    next_minute: float = 0.0
+    next_pk: float = 0.0
+    held: list[tuple[float, int, str]] = field(default_factory=list)
+    out: Callable[[str], None] = print
+    hold_s: float = HOLD_S
+
+    def add(self, t: float, text: str) -> None:
+        assert self.t0 is not None
+        heapq.heappush(self.held, (t, len(self.held), f"  {_clock(t, self.t0)}  {text}"))
+
+    def flush(self, until: float = math.inf) -> None:
+        while self.held and self.held[0][0] <= until:
+            self.out(heapq.heappop(self.held)[2])
+
+    def message(self, kind: str, data: dict[str, object]) -> None:
+        t = float(data["t"])  # type: ignore[arg-type]
+        self.t0 = t if self.t0 is None else self.t0  # the first message: the session start
+        if kind != "sample":  # a lab result is stamped with its draw time, and reported later
+            self.now = max(self.now, t)
+        if kind == "alert":
+            if data["status"] == "resolved":
+                what = "RESOLVED"
+            else:
+                what = f"ALERT {str(data['severity']).upper()} ({data.get('kind', 'firing')})"
+            self.add(t, f"{what}: {data['message']}")
+        elif kind == "sample":
+            drawn = _clock(t, self.t0).strip()
+            conc = float(data["melphalan_ug_ml"])  # type: ignore[arg-type]
+            self.add(self.now, f"LAB {data['site']} melphalan {conc:.3g} ug/mL (drawn at {drawn})")
+        elif kind == "pk":
+            circuit = data.get("circuit_ug_ml")
+            if isinstance(circuit, float) and circuit > 0 and t - self.t0 >= self.next_pk:
+                self.next_pk = (t - self.t0) // 300 * 300 + 300
+                # The pk service may lag the session by minutes (it refits as samples come):
+                # printed when it comes, with the time it is for.
+                self.add(max(t, self.now), f"{_describe_pk(data)} (at {_clock(t, self.t0).strip()})")
+        elif kind == "event":
+            self.add(t, f"EVENT {Event.model_validate(data).label()}")
+        elif kind == "leakage":
+            state = str(data.get("state"))
+            if state != self.state:
+                self.state = state
+                self.add(t, f"STATE {state}: {STATE_WORDS.get(state, state)}")
+            if isinstance(data.get("percent"), float) and t - self.t0 >= self.next_minute:
+                self.next_minute = (t - self.t0) // 60 * 60 + 60
+                self.add(t, _describe(data))
+        self.flush(self.now - self.hold_s)
+
+
+async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Event, speed: float) -> None:
+    """Print events as they happen and the leakage once per simulated minute, in event-time order."""
+    topics = Topics()
+    printer = Printer(out=lambda line: print(line, flush=True), hold_s=max(HOLD_S, HOLD_WALL_S * speed))
     async with aiomqtt.Client(stack.host, stack.mqtt_port, identifier=f"isoperf-demo-watch-{os.getpid()}") as client:
-        await client.subscribe(topics.session(theatre, session, "event"), qos=1)
-        await client.subscribe(topics.session(theatre, session, "leakage"), qos=1)
-        await client.subscribe(topics.session(theatre, session, "alert"), qos=1)
-        await client.subscribe(topics.session(theatre, session, "sample"), qos=1)
-        await client.subscribe(topics.session(theatre, session, "pk"), qos=1)
+        for kind in ("event", "leakage", "alert", "sample", "pk"):
+            await client.subscribe(topics.session(theatre, session, kind), qos=1)
         messages = aiter(client.messages)
         while not done.is_set():
             try:
@@ -84,43 +153,15 @@ async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Ev
             except TimeoutError:
                 continue
             data = decode(message.payload if isinstance(message.payload, bytes) else b"")
-            t = float(data["t"])
-            t0 = t if t0 is None else t0
-            if not message.topic.value.endswith("/sample"):  # a lab result is stamped with its draw time
-                time_now = max(time_now, t)
-            if message.topic.value.endswith("/alert"):
-                if data["status"] == "resolved":
-                    what = "RESOLVED"
-                else:
-                    what = f"ALERT {str(data['severity']).upper()} ({data.get('kind', 'firing')})"
-                print(f"  {_clock(t, t0)}  {what}: {data['message']}", flush=True)
-            elif message.topic.value.endswith("/sample"):
-                drawn = _clock(t, t0).strip()
-                conc = float(data["melphalan_ug_ml"])
-                print(
-                    f"  {_clock(time_now, t0)}  LAB {data['site']} melphalan {conc:.3g} ug/mL (drawn at {drawn})",
-                    flush=True,
-                )
-                continue
-            elif message.topic.value.endswith("/pk"):
-                circuit = data.get("circuit_ug_ml")
-                if isinstance(circuit, float) and circuit > 0 and t - t0 >= next_pk:
-                    next_pk = (t - t0) // 300 * 300 + 300
-                    print(f"  {_clock(t, t0)}  {_describe_pk(data)}", flush=True)
-                continue
-            elif message.topic.value.endswith("/event"):
-                print(f"  {_clock(t, t0)}  EVENT {Event.model_validate(data).label()}", flush=True)
-            elif t - t0 >= next_minute:
-                next_minute = (t - t0) // 60 * 60 + 60
-                print(f"  {_clock(t, t0)}  {_describe(data)}", flush=True)
+            printer.message(message.topic.value.rsplit("/", 1)[-1], data)
+    printer.flush()
 
 
 def _summary(stack: LocalStack, theatre: str, session: str, wall_s: float) -> None:
     w = session_where(theatre, session)
     events = {r["type"]: r["time"] for r in stack.rows(f"SELECT label, type FROM event WHERE {w}")}
-    isolation_end = events.get("isolation_end", 2**62)
-    during = stack.rows(f"SELECT max(percent), ci_low, ci_high FROM leakage WHERE {w} AND time < {isolation_end}ms")
-    overall = stack.rows(f"SELECT max(percent), ci_low, ci_high FROM leakage WHERE {w}")
+    during = stack.rows(f"SELECT max(percent), ci_low, ci_high FROM leakage WHERE {w} AND {DURING_ISOLATION}")
+    released = stack.rows(f"SELECT max(percent), ci_low, ci_high FROM leakage WHERE {w} AND state = 'released'")
     alarms = stack.rows(f"SELECT severity, message FROM alert WHERE {w} AND kind='new'")
     print("\nSummary")
     print(f"  session              {theatre}/{session}")
@@ -128,22 +169,30 @@ def _summary(stack: LocalStack, theatre: str, session: str, wall_s: float) -> No
         minutes = (events["session_end"] - events["session_start"]) / 60000
         print(f"  simulated duration   {minutes:.0f} min, played in {wall_s:.0f} s")
     print(f"  readings stored      {count(stack, f'SELECT count(value) FROM reading WHERE {w}')}")
-    for label, r in (("peak leakage, isolation", during), ("peak leakage, session  ", overall)):
+    for label, r in (("peak leakage, isolation", during), ("after release (not a leak)", released)):
         if r and r[0]["max"] is not None:
-            print(f"  {label}   {r[0]['max']:.2f} % (95% CI {r[0]['ci_low']:.2f} to {r[0]['ci_high']:.2f})")
+            print(f"  {label:26} {r[0]['max']:.2f} % (95% CI {r[0]['ci_low']:.2f} to {r[0]['ci_high']:.2f})")
     print(f"  alarms raised        {len(alarms)}" + "".join(f"\n    {a['severity']}: {a['message']}" for a in alarms))
     pk = stack.rows(f"SELECT * FROM pk WHERE {w} ORDER BY time DESC LIMIT 1")
     if pk:
         p = pk[0]
+
+        def f(key: str, spec: str) -> str:
+            value = p.get(key)
+            return format(value, spec) if isinstance(value, int | float) else "n/a"
+
         print(
-            f"  melphalan, circuit   peak {p['cmax_circuit']:.1f} ug/mL at {p['tmax_circuit_min']:.0f} min,"
-            f" AUC {p['auc_circuit']:.0f} ug*min/mL (linear-up/log-down; linear {p['auc_circuit_linear']:.0f})"
+            f"  melphalan, circuit   peak {f('cmax_circuit', '.1f')} ug/mL at {f('tmax_circuit_min', '.0f')} min,"
+            f" AUC {f('auc_circuit', '.0f')} ug*min/mL (linear-up/log-down; linear {f('auc_circuit_linear', '.0f')})"
         )
-        print(f"  melphalan, systemic  peak {p['cmax_systemic']:.3f} ug/mL, AUC {p['auc_systemic']:.2f} ug*min/mL")
-        print(f"  regional/systemic    AUC ratio {p['auc_ratio']:.0f}, peak ratio {p['peak_ratio']:.0f}")
         print(
-            f"  circuit model        V {p['v_ml']:.0f} +- {p['v_se_ml']:.0f} mL,"
-            f" uptake {p['k_uptake_min']:.4f} +- {p['k_uptake_se_min']:.4f} /min (refitted to {p['n_circuit']} samples)"
+            f"  melphalan, systemic  peak {f('cmax_systemic', '.3f')} ug/mL, AUC {f('auc_systemic', '.2f')} ug*min/mL"
+        )
+        print(f"  regional/systemic    AUC ratio {f('auc_ratio', '.0f')}, peak ratio {f('peak_ratio', '.0f')}")
+        print(
+            f"  circuit model        V {f('v_ml', '.0f')} +- {f('v_se_ml', '.0f')} mL,"
+            f" uptake {f('k_uptake_min', '.4f')} +- {f('k_uptake_se_min', '.4f')} /min"
+            f" (refitted to {p.get('n_circuit')} samples)"
         )
     print(f"  data                 InfluxDB database '{stack.database}' in {stack.directory / 'influxdb'}")
     print(f"  logs                 {stack.directory / 'logs'}")
@@ -175,7 +224,7 @@ def _wait_caught_up(stack: LocalStack, theatre: str, session: str, timeout_s: fl
     return False
 
 
-def _wait_pk(stack: LocalStack, theatre: str, session: str, timeout_s: float = 30.0) -> bool:
+def _wait_pk(stack: LocalStack, theatre: str, session: str, timeout_s: float = 120.0) -> bool:
     """Until the last PK estimate counts every stored lab result."""
     w = session_where(theatre, session)
     deadline = time.monotonic() + timeout_s
@@ -235,7 +284,7 @@ def run_demo(args: argparse.Namespace) -> int:
         done = asyncio.Event()
 
         async def main() -> int:
-            watcher = asyncio.create_task(_watch(stack, theatre, session, done))
+            watcher = asyncio.create_task(_watch(stack, theatre, session, done, args.speed))
             await asyncio.sleep(0.5)  # let the watcher subscribe
             acq = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -248,7 +297,8 @@ def run_demo(args: argparse.Namespace) -> int:
             )
             code = await acq.wait()
             await asyncio.to_thread(_wait_caught_up, stack, theatre, session)
-            await asyncio.to_thread(_wait_pk, stack, theatre, session)
+            if not await asyncio.to_thread(_wait_pk, stack, theatre, session):
+                print("  (the pk service has not caught up with every lab result yet)", flush=True)
             await asyncio.sleep(0.5)
             done.set()
             await watcher

@@ -23,18 +23,20 @@ import pandas as pd
 from tqdm import tqdm
 
 from isoperf.influx import InfluxClient, InfluxError, public_url
-from isoperf.queries import session_where
+from isoperf.queries import DURING_ISOLATION, session_where
+from isoperf.schemas import ISOLATION_STATES
 from isoperf.settings import ServiceSettings
 
 # Measurement -> fields to load (tags come along); readings are pivoted, one column per signal.
 TABLES: dict[str, str] = {
     "event": '"label", "type", "activity_mbq", "dose_mg", "mode", "duration_s", "volume_ml", "text"',
-    "sample": '"site", "melphalan_ug_ml", "sample_id"',
+    "sample": '"site", "melphalan_ug_ml", "sample_id", "reported_t"',
     "leakage": '"percent", "ci_low", "ci_high", "rate_pct_min", "state", "probe_fault"',
     "pk": "*",
     "alert": '"rule", "severity", "kind", "status", "value", "threshold", "message", "id", "silenced"',
     "alert_ack": '"id", "acknowledged_by", "matched"',
     "alert_silence": '"rule", "duration_s", "reason", "silenced_by"',
+    "alert_delivery": '"id", "channel", "kind", "outcome", "attempts", "sent_at"',
 }
 READING_CHUNK = 20_000  # rows per query, under any max-row-limit a server may set
 
@@ -71,18 +73,27 @@ class Store:
             raise ReviewError(f"cannot reach InfluxDB at {url}: {exc}") from None
 
     def sessions(self) -> pd.DataFrame:
-        """Every stored session: start, theatre, session, procedure, duration, peak leakage, alarms."""
+        """Every stored session: start, theatre, session, procedure, duration, peak leakage during isolation, alarms."""
         by = 'GROUP BY "theatre", "session"'
         meta, first, last, peak, alarms = self._rows(
             [
                 'SELECT last("procedure") AS "procedure", last("isotope") AS "isotope" FROM "session" ' + by,
                 'SELECT first("label") FROM "event" ' + by,
                 'SELECT last("label") FROM "event" ' + by,
-                'SELECT max("percent") FROM "leakage" ' + by,
+                f'SELECT max("percent") FROM "leakage" WHERE {DURING_ISOLATION} ' + by,
                 """SELECT count("message") FROM "alert" WHERE "kind" = 'new' """ + by,
             ]
         )
-        columns = ["start", "theatre", "session", "procedure", "isotope", "duration_min", "peak_leakage_pct", "alarms"]
+        columns = [
+            "start",
+            "theatre",
+            "session",
+            "procedure",
+            "isotope",
+            "duration_min",
+            "peak_leakage_isolation_pct",
+            "alarms",
+        ]
         if not meta:
             return pd.DataFrame(columns=columns)
 
@@ -103,7 +114,7 @@ class Store:
                     "procedure": m["procedure"],
                     "isotope": m["isotope"],
                     "duration_min": (t1 - t0) / 60_000 if t0 is not None and t1 is not None else None,
-                    "peak_leakage_pct": pe[key]["max"] if key in pe else None,
+                    "peak_leakage_isolation_pct": pe[key]["max"] if key in pe else None,
                     "alarms": int(al[key]["count"]) if key in al else 0,
                 }
             )
@@ -158,9 +169,10 @@ class Store:
             times["session_start"][0] if len(times["session_start"]) else (events.index.min() if len(events) else None)
         )
         end = times["session_end"][0] if len(times["session_end"]) else (events.index.max() if len(events) else None)
-        during = leak
-        if len(times["isolation_end"]) and "percent" in leak:
-            during = leak[leak.index < times["isolation_end"][0]]
+        during, released = leak, leak.iloc[0:0]
+        if "state" in leak:
+            during = leak[leak["state"].isin(ISOLATION_STATES)]
+            released = leak[leak["state"] == "released"]
         last_pk = pk.iloc[-1] if len(pk) else pd.Series(dtype=object)
         new = alerts[alerts["kind"] == "new"] if "kind" in alerts else alerts
         return {
@@ -172,8 +184,10 @@ class Store:
             "start": start,
             "end": end,
             "duration_min": (end - start).total_seconds() / 60 if start is not None and end is not None else None,
-            "peak_leakage_isolation_pct": _max(during, "percent"),
-            "peak_leakage_pct": _max(leak, "percent"),
+            "peak_leakage_isolation_pct": _max(during, "percent"),  # the headline
+            "peak_leakage_isolation_ci_low_pct": _at_max(during, "percent", "ci_low"),
+            "peak_leakage_isolation_ci_high_pct": _at_max(during, "percent", "ci_high"),
+            "release_peak_pct": _max(released, "percent"),  # tracer from the organ after release: not a leak
             "regional_peak_ug_ml": last_pk.get("cmax_circuit"),
             "regional_auc": last_pk.get("auc_circuit"),
             "systemic_auc": last_pk.get("auc_systemic"),
@@ -229,3 +243,10 @@ def _max(df: pd.DataFrame, column: str) -> float | None:
     if column not in df or df[column].dropna().empty:
         return None
     return float(df[column].max())
+
+
+def _at_max(df: pd.DataFrame, column: str, other: str) -> float | None:
+    """``other`` on the row where ``column`` peaks."""
+    if column not in df or other not in df or df[column].dropna().empty:
+        return None
+    return float(df[other].loc[df[column].astype(float).idxmax()])

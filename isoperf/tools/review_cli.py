@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
                 return 0
             table["start"] = table["start"].dt.strftime("%Y-%m-%d %H:%M")
             with pd.option_context("display.width", 200, "display.max_columns", 20):
-                print(table.round({"duration_min": 0, "peak_leakage_pct": 2}).to_string(index=False))
+                print(table.round({"duration_min": 0, "peak_leakage_isolation_pct": 2}).to_string(index=False))
             return 0
         theatre, session = check_id(args.theatre, "theatre"), check_id(args.session, "session")
         if command == "summary":

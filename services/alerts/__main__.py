@@ -13,7 +13,9 @@ def main() -> None:
     def make(settings: AlertsSettings, wiring: Wiring) -> AlertsHandler:
         # The InfluxDB client's HTTP session serves the webhooks too; it lives as long as the service.
         session = wiring.influx.session
-        notifier = Notifier(settings.channels(session), settings.channels(session, escalation=True))
+        notifier = Notifier(
+            settings.channels(session), settings.channels(session, escalation=True), record=wiring.writer
+        )
         return AlertsHandler(
             wiring.topics,
             wiring.link,

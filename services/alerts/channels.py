@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Literal, Protocol
@@ -19,6 +20,8 @@ import aiohttp
 import aiosmtplib
 
 from isoperf.backoff import Backoff
+from isoperf.influx import LineSink
+from isoperf.points import alert_delivery_line
 from isoperf.schemas import Alert
 
 log = logging.getLogger(__name__)
@@ -42,20 +45,58 @@ class Notice:
         return f"[isoperf {what}] {self.theatre}/{self.session}: {a.rule.replace('_', ' ')}"
 
 
+# Adaptive Card text colours: the card has no free colours, only these.
+CARD_COLOURS = {"advisory": "Accent", "warning": "Warning", "critical": "Attention", "stop": "Attention"}
+
+
+def teams_card(notice: Notice) -> dict[str, Any]:
+    """A Teams Workflows ("When a Teams webhook request is received") message: one Adaptive Card.
+
+    Teams retires the Office 365 connectors and their MessageCard format; a Workflow posts the
+    attachments of a ``message`` to the channel.
+    """
+    a = notice.alert
+    facts = [
+        {"title": "Theatre", "value": notice.theatre},
+        {"title": "Session", "value": notice.session},
+        {"title": "Rule", "value": a.rule},
+        {"title": "Severity", "value": a.severity},
+        {"title": "Status", "value": a.status},
+        {"title": "Alert id", "value": a.id},
+    ]
+    card = {
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "type": "AdaptiveCard",
+        "version": "1.4",
+        "msteams": {"width": "Full"},
+        "body": [
+            {
+                "type": "TextBlock",
+                "text": notice.subject(),
+                "weight": "Bolder",
+                "size": "Medium",
+                "wrap": True,
+                "color": "Good" if a.status == "resolved" else CARD_COLOURS[a.severity],
+            },
+            {"type": "TextBlock", "text": a.message, "wrap": True},
+            {"type": "FactSet", "facts": facts},
+        ],
+    }
+    return {
+        "type": "message",
+        "attachments": [
+            {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": card}
+        ],
+    }
+
+
 def webhook_body(notice: Notice, fmt: WebhookFormat) -> dict[str, Any]:
     """The JSON body of a webhook: isoperf's own, or what Slack or Teams incoming webhooks accept."""
     a = notice.alert
     if fmt == "slack":
         return {"text": f"*{notice.subject()}*\n{a.message}"}
     if fmt == "teams":
-        return {
-            "@type": "MessageCard",
-            "@context": "https://schema.org/extensions",
-            "summary": notice.subject(),
-            "themeColor": "1E8449" if a.status == "resolved" else COLOURS[a.severity],
-            "title": notice.subject(),
-            "text": a.message,
-        }
+        return teams_card(notice)
     return {"theatre": notice.theatre, "session": notice.session, **a.model_dump(mode="json", exclude_none=True)}
 
 
@@ -129,13 +170,17 @@ class Notifier:
         escalation: list[Channel] | None = None,
         max_attempts: int = 8,
         first_backoff_s: float = 1.0,
+        record: LineSink | None = None,
     ) -> None:
         self.escalation = list(escalation or [])
         self.channels = [*channels, *self.escalation]
+        self.record = record  # where each delivery (or giving up) is kept, per channel
+        self.labels = [f"{':'.join(c.name.split(':')[:2])}#{i + 1}" for i, c in enumerate(self.channels)]
         self._escalated: set[str] = set()  # alert ids sent to the escalation channels
         self.max_attempts, self.first_backoff_s = max_attempts, first_backoff_s
         self._queues: list[asyncio.Queue[Notice]] = [asyncio.Queue() for _ in self.channels]
         self._workers: list[asyncio.Task[None]] = []
+        self._storing: set[asyncio.Task[None]] = set()
         self.sent = 0
         self.failed = 0
 
@@ -143,7 +188,8 @@ class Notifier:
         """Queue for every channel; never waits."""
         if not self._workers and self.channels:
             self._workers = [
-                asyncio.create_task(self._work(c, q)) for c, q in zip(self.channels, self._queues, strict=True)
+                asyncio.create_task(self._work(c, q, label))
+                for c, q, label in zip(self.channels, self._queues, self.labels, strict=True)
             ]
         a = notice.alert
         to_escalation = a.kind == "unacknowledged" or (a.status == "resolved" and a.id in self._escalated)
@@ -155,7 +201,23 @@ class Notifier:
             if to_escalation or c not in self.escalation:
                 q.put_nowait(notice)
 
-    async def _work(self, channel: Channel, queue: asyncio.Queue[Notice]) -> None:
+    def _kept(self, notice: Notice, label: str, delivered: bool, attempts: int) -> None:
+        """Keep the outcome in the record; stored in the background (the writer's flush takes a
+        lock and retries on its own), so a slow database never holds up a channel."""
+        if self.record is None:
+            return
+        n = notice
+        self.record.add([alert_delivery_line(n.theatre, n.session, n.alert, label, delivered, attempts, time.time())])
+        task = asyncio.create_task(self.record.flush())
+        self._storing.add(task)
+        task.add_done_callback(self._stored)
+
+    def _stored(self, task: asyncio.Task[None]) -> None:
+        self._storing.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("a delivery record is not stored yet: %s", exc)
+
+    async def _work(self, channel: Channel, queue: asyncio.Queue[Notice], label: str) -> None:
         while True:
             notice = await queue.get()
             backoff = Backoff(self.first_backoff_s, 60.0)
@@ -163,10 +225,12 @@ class Notifier:
                 try:
                     await channel.send(notice)
                     self.sent += 1
+                    self._kept(notice, label, True, attempt)
                     break
                 except CHANNEL_ERRORS as exc:
                     if attempt == self.max_attempts:
                         self.failed += 1
+                        self._kept(notice, label, False, attempt)
                         log.error(
                             "%s: giving up on alert %s after %d attempts: %s",
                             channel.name,

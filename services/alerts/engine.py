@@ -89,7 +89,10 @@ class SessionAlerts:
 
     def on_leakage(self, leak: Leakage) -> list[Alert]:
         out: list[Alert] = []
-        if self.circuit.isolation_end_t is None and not self.circuit.ended:
+        # After release the rise is the organ's tracer reaching the body, not a leak: no level or
+        # rate alarm, also when the leakage point comes before the isolation_end event itself.
+        isolated = self.circuit.isolation_end_t is None and leak.state not in ("released", "ended")
+        if isolated and not self.circuit.ended:
             if leak.ci_low is not None and leak.ci_high is not None and leak.percent is not None:
                 out += self._leakage_levels(leak.t, leak.percent, leak.ci_low, leak.ci_high)
             if leak.rate_pct_min is not None:

@@ -159,6 +159,26 @@ class LeakageEstimator:
             self._recompute_from(t)  # a late sample
         return True
 
+    def reference(self) -> dict[str, float] | None:
+        """What the formula used, once the zero point is set, for a record that can be audited:
+        ``background_cps`` (B), ``calibration_cps`` (C_cal) and ``zero_cps`` (C_0), decay-corrected
+        to the calibration time; ``k``; the plateau (``plateau_start_t`` to ``plateau_end_t``, the
+        circuit dose) and the zero window (``zero_start_t``, ``zero_end_t``); ``shine_cps``."""
+        ref, start, t_perf = self._ref, self._plateau_start, self._event_t("perfusion_dose")
+        if ref is None or start is None or t_perf is None:
+            return None
+        return {
+            "background_cps": ref.background,
+            "calibration_cps": ref.background + ref.rise,
+            "zero_cps": ref.background + ref.zero,
+            "k": ref.k,
+            "shine_cps": ref.shine,
+            "plateau_start_t": start,
+            "plateau_end_t": t_perf,
+            "zero_start_t": t_perf + self.params.zero_start_s,
+            "zero_end_t": t_perf + self.params.zero_end_s,
+        }
+
     # -- processing --------------------------------------------------------------------
 
     def _reset(self) -> None:
@@ -222,7 +242,10 @@ class LeakageEstimator:
         return e[0] if e else None
 
     def _phase_state(self, t: float) -> LeakageState:
+        # After the clamps come off the reading is the tracer released from the organ, not a
+        # leak: ``released`` from ``isolation_end`` on, also after ``session_end``.
         phases: tuple[tuple[str, LeakageState], ...] = (
+            ("isolation_end", "released"),
             ("session_end", "ended"),
             ("washout_end", "monitoring"),
             ("washout_start", "washout"),

@@ -17,7 +17,7 @@ from aiosmtpd.controller import Controller
 
 from isoperf.tools.stack import LocalStack, find_binary, free_port
 from tests.conftest import ServiceProcess, wait_for
-from tests.helpers import mosquitto_pub
+from tests.helpers import mosquitto_pub, rows
 from tests.stack import ControlledStack
 
 pytestmark = pytest.mark.integration
@@ -158,7 +158,30 @@ def test_email_and_webhooks_for_firing_repeat_escalation_resolve(
     assert generic[0]["theatre"] == theatre and generic[0]["severity"] == "advisory"
     assert all("text" in b and b["text"].startswith("*[isoperf") for _, path, b in hooks if path == "/slack")
     teams = [b for _, path, b in hooks if path == "/teams"]
-    assert teams[0]["@type"] == "MessageCard" and teams[2]["themeColor"] == "F39C12"
+    # Teams Workflows: a message with one Adaptive Card (the MessageCard connectors are retired).
+    cards = [b["attachments"][0] for b in teams]
+    assert all(b["type"] == "message" and len(b["attachments"]) == 1 for b in teams)
+    assert {c["contentType"] for c in cards} == {"application/vnd.microsoft.card.adaptive"}
+    assert [c["content"]["body"][0]["color"] for c in cards] == ["Accent", "Accent", "Warning", "Good"]
+    assert cards[0]["content"]["type"] == "AdaptiveCard" and cards[0]["content"]["body"][0]["text"] == subjects[0]
+    facts = {f["title"]: f["value"] for f in cards[0]["content"]["body"][2]["facts"]}
+    assert facts["Theatre"] == theatre and facts["Severity"] == "advisory"
+
+    # Every delivery is kept in the record, per channel (named without its URL, which holds a
+    # secret); the hanging webhook has delivered nothing.
+    w = f"theatre='{theatre}' AND session='{session}'"
+
+    def deliveries() -> list[dict[str, Any]]:
+        got = rows(stack, f"SELECT * FROM alert_delivery WHERE {w}")
+        return got if len(got) == 16 else []
+
+    kept = wait_for(deliveries, timeout=30)
+    by_channel: dict[str, list[str]] = {}
+    for r in kept:
+        assert r["outcome"] == "delivered" and r["attempts"] >= 1 and "127.0.0.1:" not in r["channel"]
+        by_channel.setdefault(r["channel"].split("#")[0], []).append(r["kind"])
+    assert sorted(by_channel) == ["email:127.0.0.1", "webhook:generic", "webhook:slack", "webhook:teams"]
+    assert all(kinds == ["new", "repeat", "escalated", "resolved"] for kinds in by_channel.values()), by_channel
 
     # The hanging webhook held up neither the MQTT alert nor the e-mail.
     assert b'"severity": "advisory"' in first_alert or b"advisory" in first_alert

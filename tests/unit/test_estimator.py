@@ -199,3 +199,19 @@ def test_duplicates_ignored_and_order_does_not_matter() -> None:
 def test_formula_is_linear_in_the_rise(leak: float) -> None:
     c_star = 355.0 + leak / 100 * K * RISE
     assert leakage_percent(c_star, 355.0, B + RISE, B, K) == pytest.approx(leak, abs=1e-9)
+
+
+def test_the_reference_it_used_is_reported_for_the_record() -> None:
+    est = LeakageEstimator()
+    est.set_isotope("Tc-99m")
+    assert est.reference() is None
+    feed(est, decay_constant_per_s("Tc-99m"))
+    ref = est.reference()
+    assert ref is not None
+    # Decay-corrected to the calibration time, a noise-free session gives back B, C_cal, C_0 = C_cal, k.
+    assert ref["background_cps"] == pytest.approx(B, rel=1e-3)
+    assert ref["calibration_cps"] == pytest.approx(B + RISE, rel=1e-3)
+    assert ref["zero_cps"] == pytest.approx(B + RISE, rel=1e-3)
+    assert ref["k"] == pytest.approx(K * math.exp(decay_constant_per_s("Tc-99m") * (T_PERF - T_CAL)), rel=1e-9)
+    assert T_CAL < ref["plateau_start_t"] < ref["plateau_end_t"] == T_PERF
+    assert (ref["zero_start_t"], ref["zero_end_t"]) == (T_PERF + 60.0, T_PERF + 120.0)
