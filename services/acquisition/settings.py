@@ -39,7 +39,9 @@ class AcquisitionSettings(ServiceSettings):
     sim_activity_ratio: float = Field(default=10.0, gt=0)
     sim_calibration_rise_cps: float = Field(default=300.0, gt=0)
     sim_counts_dt_s: float = Field(default=1.0, gt=0)
-    sim_start_t: float | None = None  # default: now
+    # Default: now in real time; faster, the session ends by now (never ahead of the clocks of the
+    # services, which keep aside times ahead of theirs: ISOPERF_WINDOW_AHEAD_S).
+    sim_start_t: float | None = None
     sim_truth_file: Path | None = None  # where to write the true leakage (tests, benchmarks)
     publish_tick_s: float = Field(default=0.25, gt=0)
     # Store and forward: the journal file, its bound, and how long an unconfirmed message waits before
@@ -57,8 +59,12 @@ class AcquisitionSettings(ServiceSettings):
         return check_id(v)
 
     def sim_config(self) -> SimConfig:
+        start = self.sim_start_t
+        if start is None:
+            ahead = 0.0 if self.sim_speed == 1.0 else SimConfig().duration_s  # played faster than it happens
+            start = round(time.time() - ahead, 3)
         return SimConfig(
-            start_t=self.sim_start_t if self.sim_start_t is not None else round(time.time(), 3),
+            start_t=start,
             isotope=self.sim_isotope,
             background_cps=40.0,
             calibration_rise_cps=self.sim_calibration_rise_cps,
