@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from typing import Any
 
 from isoperf.queries import count, session_where
@@ -33,3 +35,17 @@ def mosquitto_pub(stack: LocalStack, topic: str, payload: bytes, login: list[str
     ``login``: the address, TLS and credential arguments (default: the stack's own)."""
     argv = [find_binary("mosquitto_pub"), *(login or stack.mosquitto_client_args()), "-q", "1", "-t", topic]
     subprocess.run([*argv, "-s"] if payload else [*argv, "-n"], input=payload, check=True, timeout=10)
+
+
+def replay(stack: LocalStack, theatre: str, session: str, new: str) -> str:
+    """``isoperf replay`` of a stored session as ``new``, as fast as possible; its output (it must succeed)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "isoperf.tools.cli", "replay", theatre, session, "--as", new, "--speed", "0"],
+        env={**os.environ, **stack.env()},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout

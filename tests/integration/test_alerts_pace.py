@@ -4,9 +4,6 @@ at x60 and replayed from storage; and a session whose leakage service stops for 
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ServiceProcess, wait_for
-from tests.helpers import rows, settled, where
+from tests.helpers import replay, rows, settled, where
 from tests.stack import ControlledStack
 
 pytestmark = pytest.mark.integration
@@ -110,15 +107,7 @@ def test_a_session_as_fast_as_possible_at_x60_and_replayed_raises_the_same_alert
         assert leakage == [("advisory", "new"), ("warning", "escalated"), ("warning", "resolved")]
         # The session as stored, replayed as fast as the broker takes it.
         th, se = plays["0"]
-        done = subprocess.run(
-            [sys.executable, "-m", "isoperf.tools.cli", "replay", th, se, "--as", f"{se}-r", "--speed", "0"],
-            env={**os.environ, **stack.env()},
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
+        replay(stack, th, se, f"{se}-r")
         wait_for(functools.partial(settled, stack, th, f"{se}-r"), timeout=120)
         same_alarms(quiet(stack, th, f"{se}-r"), found["60"])
     elif scenario == "steady-i131":

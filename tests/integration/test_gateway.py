@@ -3,10 +3,7 @@ recorder confirms it stored it, so broker crashes and a gateway crash lose nothi
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +12,7 @@ import msgpack
 import pytest
 
 from tests.conftest import ServiceProcess, wait_for
-from tests.helpers import SESSION_COUNTS, count, settled, where
+from tests.helpers import SESSION_COUNTS, count, replay, settled, where
 from tests.stack import ControlledStack
 
 pytestmark = pytest.mark.integration
@@ -126,17 +123,8 @@ def test_a_stored_session_replayed_as_fast_as_possible_gives_the_same_readings_a
     assert acq.wait(timeout=120) == 0, acq.output()[-3000:]
     wait_for(lambda: settled(stack, theatre, session), timeout=120)
     new = f"{session}-r"
-    argv = ["replay", theatre, session, "--as", new, "--speed", "0"]
-    done = subprocess.run(
-        [sys.executable, "-m", "isoperf.tools.cli", *argv],
-        env={**os.environ, **stack.env()},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"replaying {theatre}/{session} as {theatre}/{new}: {N_READINGS} readings" in done.stdout
+    printed = replay(stack, theatre, session, new)
+    assert f"replaying {theatre}/{session} as {theatre}/{new}: {N_READINGS} readings" in printed
     wait_for(lambda: settled(stack, theatre, new), timeout=120)
 
     def series(s: str, q: str) -> dict[tuple[str, int], tuple[object, object]]:
