@@ -39,7 +39,7 @@ from isoperf.runtime import Handler
 from isoperf.schemas import Event, LabSample, Leakage, Pk, SessionMeta
 from isoperf.sources import ConnectionLost, Publisher
 from isoperf.topics import Topics
-from services.pk.history import feed, stored_queries
+from services.pk.history import stored_inputs, stored_queries
 from services.pk.session import LeakBasis, PkSession
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class PkHandler(Handler):
         self.orders: dict[Key, EventTimeOrder[Ordered]] = {}
         self.uncorrected: dict[Key, dict[float, _Sent]] = {}
         self._forcing: set[Key] = set()
+        self._quiet_until: dict[Key, float] = {}  # while rebuilding: estimates up to here are stored
         self._flush_lock = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
 
@@ -102,8 +103,8 @@ class PkHandler(Handler):
             return
         if not isinstance(body, Event | LabSample | Leakage):
             return
-        await self._session(key)
         order = self._order(key)
+        await self._session(key)
         now = self.clock()
         if isinstance(body, Leakage):
             order.expect("leakage")
@@ -185,11 +186,13 @@ class PkHandler(Handler):
     def _emit(self, key: Key, sess: PkSession, t: float) -> int:
         if sess.t0 is None or t < sess.t0:  # before the drug start (a late point of a drug start forced on)
             return 0
+        if t <= self._quiet_until.get(key, -math.inf):
+            return 0
         pk = sess.estimate(t)
         if pk is None:
             return 0
         self._send(key, pk)
-        order = self.orders[key]
+        order = self._order(key)
         basis = sess.leak_basis()
         if order.behind(t) and basis is not None:
             pending = self.uncorrected.setdefault(key, {})
@@ -235,20 +238,34 @@ class PkHandler(Handler):
         return sess
 
     async def _rebuild(self, key: Key, sess: PkSession) -> None:
+        """What was stored of the session, applied as it came in event time: the session as it would
+        be had this service never stopped; estimates after the last one stored are sent (while this
+        service was away, the broker may have dropped inputs it held for it)."""
         assert self.influx is not None
+        inputs: list[tuple[float, int, Ordered]] = []
         for kind, q in stored_queries(*key).items():
-            feed(sess, kind, await self.influx.rows(q))
-        where = session_where(*key)
-        last = await self.influx.rows(f"SELECT last(v_ml) FROM pk WHERE {where}")
-        if last and sess.leak_t:
-            # Points up to here were applied before (their estimates stored); an estimate at an
-            # event may lie ahead of the leakage, so not beyond the stored leakage.
-            self.last_leak[key] = min(last[0]["time"] / 1000.0, sess.leak_t[-1])
-        if sess.events or sess.samples:
+            for x in stored_inputs(kind, await self.influx.rows(q)):
+                if isinstance(x, SessionMeta):
+                    if sess.meta is None:
+                        sess.set_meta(x)
+                elif isinstance(x, LabSample):
+                    inputs.append((x.reported_t if x.reported_t is not None else x.t, 0, x))
+                else:
+                    inputs.append((x.t, 1 if isinstance(x, Leakage) else 0, x))
+        last = await self.influx.rows(f"SELECT last(v_ml) FROM pk WHERE {session_where(*key)}")
+        self._quiet_until[key] = last[0]["time"] / 1000.0 if last else -math.inf
+        order = self._order(key)
+        before = len(self.emitter)
+        for t, _, x in sorted(inputs, key=lambda i: (i[0], i[1])):
+            order.advance("leakage" if isinstance(x, Leakage) else "inputs", t)
+            self._apply(key, sess, Released(t, "leakage" if isinstance(x, Leakage) else "inputs", x))
+        del self._quiet_until[key]
+        if inputs:
             log.info(
-                "rebuilt %s/%s: %d events, %d samples, %d leakage points",
+                "rebuilt %s/%s: %d events, %d samples, %d leakage points; %d estimates were missing",
                 *key,
                 len(sess.events),
                 len(sess.samples),
                 len(sess.leak_t),
+                len(self.emitter) - before,
             )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from isoperf.queries import session_where
-from isoperf.schemas import Event, LabSample, SessionMeta
+from isoperf.schemas import Event, LabSample, Leakage, SessionMeta
 from services.pk.session import PkSession
 
 META_FIELDS = ("procedure", "isotope", "weight_kg", "circuit_volume_ml", "melphalan_mg_per_kg")
@@ -27,14 +27,15 @@ def stored_queries(theatre: str, session: str) -> dict[str, str]:
     }
 
 
-def feed(sess: PkSession, kind: str, rows: list[dict[str, Any]]) -> None:
-    """Add the rows of one ``stored_queries`` query (time in epoch ms) to ``sess``."""
+def stored_inputs(kind: str, rows: list[dict[str, Any]]) -> list[SessionMeta | Event | LabSample | Leakage]:
+    """The rows of one ``stored_queries`` query (time in epoch ms) as the messages they were."""
+    out: list[SessionMeta | Event | LabSample | Leakage] = []
     for r in rows:
         t = r["time"] / 1000.0
-        if kind == "meta" and sess.meta is None:
-            sess.set_meta(SessionMeta.model_validate({"t": t, **{f: r[f] for f in META_FIELDS}}))
+        if kind == "meta":
+            out.append(SessionMeta.model_validate({"t": t, **{f: r[f] for f in META_FIELDS}}))
         elif kind == "event":
-            sess.add_event(Event.model_validate({"t": t, **{f: r[f] for f in EVENT_FIELDS if r.get(f) is not None}}))
+            out.append(Event.model_validate({"t": t, **{f: r[f] for f in EVENT_FIELDS if r.get(f) is not None}}))
         elif kind == "sample":
             sample = {
                 "t": t,
@@ -43,6 +44,21 @@ def feed(sess: PkSession, kind: str, rows: list[dict[str, Any]]) -> None:
                 "sample_id": r.get("sample_id"),
                 "reported_t": r.get("reported_t"),
             }
-            sess.add_sample(LabSample.model_validate(sample))
+            out.append(LabSample.model_validate(sample))
         elif kind == "leakage":
-            sess.add_leakage(t, float(r["percent"]))
+            out.append(Leakage(t=t, state="monitoring", percent=float(r["percent"])))
+    return out
+
+
+def feed(sess: PkSession, kind: str, rows: list[dict[str, Any]]) -> None:
+    """Add the rows of one ``stored_queries`` query to ``sess``."""
+    for x in stored_inputs(kind, rows):
+        if isinstance(x, SessionMeta):
+            if sess.meta is None:
+                sess.set_meta(x)
+        elif isinstance(x, Event):
+            sess.add_event(x)
+        elif isinstance(x, LabSample):
+            sess.add_sample(x)
+        elif x.percent is not None:
+            sess.add_leakage(x.t, x.percent)
