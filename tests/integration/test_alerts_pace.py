@@ -57,6 +57,19 @@ def pk_series(stack: ControlledStack, theatre: str, session: str) -> dict[int, d
     return {r.pop("time"): r for r in rows(stack, f"SELECT * FROM pk WHERE {where(theatre, session)}")}
 
 
+def pk_settled(stack: ControlledStack, theatre: str, session: str, for_s: float = 5.0) -> dict[int, dict[str, Any]]:
+    """The session's pk series once it has not changed for ``for_s`` (the pk service may be behind)."""
+    last: dict[int, dict[str, Any]] | None = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        now = pk_series(stack, theatre, session)
+        if now and now == last:
+            return now
+        last = now
+        time.sleep(for_s)
+    pytest.fail(f"the pk series of {theatre}/{session} did not settle within 240 s")
+
+
 def play(services: Callable[..., ServiceProcess], theatre: str, session: str, speed: str, **sim: str) -> ServiceProcess:
     return services(
         "acquisition",
@@ -146,7 +159,7 @@ def test_the_leakage_service_stopped_for_2_minutes_mid_session_loses_no_alarm_an
     w = where(theatre, session)
     late = rows(stack, f'SELECT "rule", kind FROM alert WHERE {w} AND late = true')
     assert {(r["rule"], r["kind"]) for r in late} >= {("leakage", "new")}, "the step's alarm came late and says so"
-    got, want = pk_series(stack, theatre, session), pk_series(stack, reference, session)
+    got, want = pk_settled(stack, theatre, session), pk_settled(stack, reference, session)
     assert got.keys() == want.keys()
     apart = {
         (t - START_T * 1000) / 1000: {f: (got[t][f], want[t][f]) for f in want[t] if got[t].get(f) != want[t][f]}
