@@ -140,7 +140,7 @@ class ServiceLoop:
         self.subscriptions = subscriptions(self.topics, kinds, theatre)  # one theatre's, for a gateway
         self.status_topic = status_topic(settings, service) if announce else None
         rules = WindowRules(
-            settings.window_before_s, settings.window_after_s, settings.window_ahead_s, settings.window_confirm_n
+            settings.window_before_s, settings.window_after_s, settings.window_ahead_s, settings.window_confirm_s
         )
         self.windows = SessionWindows(rules)
         self.handled = 0

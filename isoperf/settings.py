@@ -60,7 +60,7 @@ class ServiceSettings(BaseSettings):
     window_before_s: float = Field(default=3600.0, gt=0.0)  # before the session's start
     window_after_s: float = Field(default=900.0, gt=0.0)  # after the session's latest input
     window_ahead_s: float = Field(default=300.0, gt=0.0)  # ahead of this service's clock
-    window_confirm_n: int = Field(default=30, ge=2)  # distinct times past the bound that move it on
+    window_confirm_s: float = Field(default=120.0, gt=0.0)  # inputs past the bound for this long move it on
     log_level: str = "INFO"
     # The hospital's time zone (IANA name), for local wall times in reports and listings.
     timezone: str = "UTC"

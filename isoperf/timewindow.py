@@ -12,11 +12,11 @@ session's window before it is handled (:class:`isoperf.runtime.ServiceLoop`):
 - no later than the latest time accepted in the session plus ``after_s``.
 
 A time outside is kept aside with its reason and never moves the window. A batch is judged
-sample by sample. When a session's inputs really jump on (a device or gateway restarted
-after a long silence), inputs at ``confirm_n`` distinct times past the bound, with none
-accepted between and agreeing within ``after_s``, move the window there: those were kept
-aside, the rest is accepted. (One wild reading, or a batch with every sample at one wrong
-time, never does: the next true input is accepted and starts the count again.)
+sample by sample. When a session's inputs really jump on (a gateway back after a long
+silence), inputs past the bound that keep coming for ``confirm_s`` of the service's clock,
+with none accepted between and agreeing within ``after_s``, move the window there: those
+were kept aside, the rest is accepted. A burst of wild inputs never does (it does not last),
+nor a device whose clock is wrong beside true ones (the next true input starts it again).
 
 Lab results are drawn earlier than they are reported (hours, days): only the start bound
 and the clock bound apply to them, and they do not move the window.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 SESSIONS_REMEMBERED = 10_000
@@ -37,7 +37,7 @@ class WindowRules:
     before_s: float = 3600.0
     after_s: float = 900.0
     ahead_s: float = 300.0
-    confirm_n: int = 30
+    confirm_s: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,8 @@ def _span(s: float) -> str:
 class _Window:
     start: float | None = None
     latest: float = -math.inf
-    jumped: list[float] = field(default_factory=list)  # times past the bound since the last accepted
+    jumped_t: float | None = None  # the latest time past the bound, none accepted since
+    jumped_since: float | None = None  # the service's clock when such times began to come
 
 
 class SessionWindows:
@@ -98,26 +99,25 @@ class SessionWindows:
         if w.start is not None and t < w.start - r.before_s:
             return Rejection(t, f"time {_when(t)} is {_span(w.start - t)} before the session's start", t - w.start)
         if moves and t > w.latest + r.after_s and w.latest > -math.inf:
-            if self._confirmed(w, t):
+            if self._confirmed(w, t, now):
                 w.latest = t
                 return None
             why = f"time {_when(t)} is {_span(t - w.latest)} after the session's latest input"
             return Rejection(t, why, t - w.latest)
         if moves:
-            w.jumped.clear()
+            w.jumped_t = w.jumped_since = None
             w.latest = max(w.latest, t)
             if w.start is None:
                 w.start = t
         return None
 
-    def _confirmed(self, w: _Window, t: float) -> bool:
-        """Inputs at ``confirm_n`` distinct times keep coming past the bound, agreeing with each other
-        and with none accepted between: the session moved on."""
-        if t not in w.jumped:
-            w.jumped.append(t)
-        if len(w.jumped) > self.rules.confirm_n:
-            del w.jumped[0]
-        if len(w.jumped) < self.rules.confirm_n or max(w.jumped) - min(w.jumped) > self.rules.after_s:
+    def _confirmed(self, w: _Window, t: float, now: float) -> bool:
+        """Inputs past the bound keep coming for ``confirm_s``, agreeing with each other, with none
+        accepted between: the session moved on."""
+        if w.jumped_t is None or w.jumped_since is None or abs(t - w.jumped_t) > self.rules.after_s:
+            w.jumped_since = now  # the first, or one that agrees with none before it
+        w.jumped_t = t
+        if now - w.jumped_since < self.rules.confirm_s:
             return False
-        w.jumped.clear()
+        w.jumped_t = w.jumped_since = None
         return True

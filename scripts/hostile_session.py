@@ -150,9 +150,7 @@ def main() -> int:
             p.terminate()
         codes = [p.wait(timeout=60) for p in procs]
         logs = "".join((directory / f"{n}.log").read_text(errors="replace") for n in SERVICES)
-    print(
-        f"hostile payloads into the session: {len(hostile):,} ({len(hostile) - 300} generated, 300 wild times)"
-    )
+    print(f"hostile payloads into the session: {len(hostile):,} ({len(hostile) - 300} generated, 300 wild times)")
     print(f"valid readings stored: {stored:,} of {N_READINGS:,}")
     for service, (want, found) in f.aside.items():
         print(f"  {service:9s} had to keep aside {want:,}; kept with a reason: {found:,}")
