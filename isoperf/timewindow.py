@@ -98,12 +98,14 @@ class SessionWindows:
             return Rejection(t, f"time {_when(t)} is {_span(t - now)} ahead of this service's clock", t - now)
         if w.start is not None and t < w.start - r.before_s:
             return Rejection(t, f"time {_when(t)} is {_span(w.start - t)} before the session's start", t - w.start)
-        if moves and t > w.latest + r.after_s and w.latest > -math.inf:
+        # Before the first input, the session's start stands for its latest.
+        latest = w.latest if w.latest > -math.inf else (w.start if w.start is not None else -math.inf)
+        if moves and latest > -math.inf and t > latest + r.after_s:
             if self._confirmed(w, t, now):
                 w.latest = t
                 return None
-            why = f"time {_when(t)} is {_span(t - w.latest)} after the session's latest input"
-            return Rejection(t, why, t - w.latest)
+            why = f"time {_when(t)} is {_span(t - latest)} after the session's latest input"
+            return Rejection(t, why, t - latest)
         if moves:
             w.jumped_t = w.jumped_since = None
             w.latest = max(w.latest, t)

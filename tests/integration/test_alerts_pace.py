@@ -156,9 +156,6 @@ def test_the_leakage_service_stopped_for_2_minutes_mid_session_loses_no_alarm_an
     assert play(services, reference, session, "0", **step).wait(timeout=240) == 0
     wait_for(functools.partial(settled, stack, reference, session), timeout=90)
     same_alarms(interrupted, quiet(stack, reference, session))
-    w = where(theatre, session)
-    late = rows(stack, f'SELECT "rule", kind FROM alert WHERE {w} AND late = true')
-    assert {(r["rule"], r["kind"]) for r in late} >= {("leakage", "new")}, "the step's alarm came late and says so"
     got, want = pk_settled(stack, theatre, session), pk_settled(stack, reference, session)
     assert got.keys() == want.keys()
     apart = {
