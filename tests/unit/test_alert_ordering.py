@@ -119,3 +119,18 @@ async def test_what_is_held_survives_a_restart(tmp_path: Path) -> None:
     await leakage(again, 6, 8)
     assert sent(pub)[-1] == ("leakage", "resolved", 8.0)
     await again.close()
+
+
+async def test_an_alarm_raised_after_the_bound_carries_its_true_time_and_says_it_is_late(tmp_path: Path) -> None:
+    clock, pub = Clock(), FakePublisher()
+    h = handler(tmp_path, clock, pub, hold_s=30.0)
+    await counts(h, 1, 10)
+    await leakage(h, 1, 3, pct=0.2)  # no leak yet
+    await counts(h, 11, 40)  # the counts go on; the leakage service has stopped
+    clock.now += 31.0
+    h.tick()  # the counts went on without it
+    await leakage(h, 4, 40)  # it comes back: the leak began at 4
+    alerts = [decode(p) for _, p in pub.sent]
+    leak = [(a["kind"], a["t"] - T, a.get("late")) for a in alerts if a["rule"] == "leakage"]
+    assert leak == [("new", 4.0, True)]
+    await h.close()
