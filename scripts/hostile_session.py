@@ -109,13 +109,15 @@ def play(stack: LocalStack, directory: Path, theatre: str, hostile: list[Planned
     """Play the session (with ``hostile`` published meanwhile); seconds from the last message to a
     complete leakage series."""
     acq = spawn(stack, "acquisition", directory, ISOPERF_THEATRE=theatre, **SIM)
+    w = session_where(theatre, SESSION)
+    if hostile and not wait(lambda: count(stack, f"SELECT count(value) FROM reading WHERE {w}") > 0, 120):
+        sys.exit(f"the {theatre} session did not start")
     sent = threading.Thread(target=lambda: asyncio.run(publish(stack.host, stack.mqtt_port, hostile, "hostile-pub")))
     sent.start()
     sent.join()
     if acq.wait(timeout=600) != 0:
         sys.exit(f"the {theatre} session failed: see {directory}")
     last = time.monotonic()
-    w = session_where(theatre, SESSION)
     if not wait(lambda: count(stack, f"SELECT count(state) FROM leakage WHERE {w}") >= N_COUNTS, 600):
         sys.exit(f"the leakage series of {theatre} did not complete")
     return time.monotonic() - last
