@@ -44,7 +44,7 @@ def test_hostile_payloads_on_every_topic_cost_no_valid_reading_and_no_service(
         assert json.loads(record)["reason"], "every one kept with its reason"
     # Nobody died or stalled: each still answers at once.
     assert all(sp.alive() for sp in running)
-    t = 1_767_225_600.0 + 10_000_000
+    t = 1_767_225_600.0 + valid + 5  # just after the valid readings (a time far from them is kept aside)
     started = time.monotonic()
     mosquitto_pub(stack, f"perfusion/{theatre}/{session}/raw/flow", json.dumps({"t": t, "v": 2.0}).encode())
     wait_for(lambda: count(stack, f"SELECT count(value) FROM reading WHERE {w} AND time = {int(t * 1000)}ms"), 10)
