@@ -1,0 +1,34 @@
+"""Which partition a theatre belongs to: the one function every transport uses.
+
+A stateful service (leakage, pk, alerts) keeps a session's state in one process, so all of
+a theatre's messages must reach the same instance. The theatres are split into ``count``
+partitions by a stable hash of the theatre id:
+
+    partition = int.from_bytes(sha256(theatre.encode("utf-8")).digest()[:8], "big") % count
+
+SHA-256 is used (not Python's ``hash``, which is salted per process) so every process, every
+language and every restart agrees; it is documented so that a broker topology declared by
+another tool (RabbitMQ bindings, a Kafka partitioner) can compute the same split. The same
+function decides which MQTT topic filters an instance subscribes to on Mosquitto and which
+partition queue a theatre is bound to on a RabbitMQ cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+
+def partition_of(theatre: str, count: int) -> int:
+    """The partition (0 .. count - 1) of a theatre."""
+    if count < 1:
+        raise ValueError(f"the number of partitions must be at least 1, not {count}")
+    digest = hashlib.sha256(theatre.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def theatres_of(theatres: Iterable[str], index: int, count: int) -> list[str]:
+    """The theatres of partition ``index`` out of ``count``, in the given order."""
+    if not 0 <= index < count:
+        raise ValueError(f"partition {index} is not one of 0 .. {count - 1}")
+    return [t for t in theatres if partition_of(t, count) == index]
