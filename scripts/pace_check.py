@@ -10,6 +10,7 @@ Usage:  .venv/bin/python scripts/pace_check.py [--speed 1] [--leak step] [--isot
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -55,7 +56,23 @@ def alarms(stack: LocalStack, theatre: str, session: str) -> list[tuple[str, str
 
 
 def pk(stack: LocalStack, theatre: str, session: str) -> dict[Any, dict[str, Any]]:
-    return {r.pop("time"): r for r in stack.rows(f"SELECT * FROM pk WHERE {session_where(theatre, session)}")}
+    """The stored estimates by time, without the theatre tag (the two plays differ only in it)."""
+    rows = stack.rows(f"SELECT * FROM pk WHERE {session_where(theatre, session)}")
+    return {r.pop("time"): {k: v for k, v in r.items() if k != "theatre"} for r in rows}
+
+
+def pk_differences(a: dict[Any, dict[str, Any]], b: dict[Any, dict[str, Any]]) -> list[str]:
+    """Where two pk series differ: times in one only, and fields that differ at a common time."""
+    out = [
+        f"t {(t / 1000 - START_T):.1f} s: only in the {'paced' if t in a else 'fast'} play"
+        for t in sorted(a.keys() ^ b.keys())
+    ]
+    for t in sorted(a.keys() & b.keys()):
+        fields = sorted(k for k in a[t].keys() | b[t].keys() if a[t].get(k) != b[t].get(k))
+        if fields:
+            shown = ", ".join(f"{k} {a[t].get(k)} vs {b[t].get(k)}" for k in fields[:4])
+            out.append(f"t {(t / 1000 - START_T):.1f} s: {shown}")
+    return out
 
 
 def settled(stack: LocalStack, theatre: str, session: str) -> bool:
@@ -69,6 +86,7 @@ def main() -> None:
     ap.add_argument("--speed", default="1")
     ap.add_argument("--leak", default="step", choices=["step", "steady", "none"])
     ap.add_argument("--isotope", default="Tc-99m", choices=["Tc-99m", "I-131", "In-111"])
+    ap.add_argument("--keep", help="keep the stack's data and the services' logs in this directory")
     args = ap.parse_args()
     sim = {
         "ISOPERF_SESSION": "pace",
@@ -78,7 +96,9 @@ def main() -> None:
         "ISOPERF_SIM_STEP_PCT": "3",
         "ISOPERF_SIM_ISOTOPE": args.isotope,
     }
-    with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp) / "stack") as stack:
+    with contextlib.ExitStack() as cleanup:
+        tmp = args.keep or cleanup.enter_context(tempfile.TemporaryDirectory())
+        stack = cleanup.enter_context(LocalStack(Path(tmp) / "stack"))
         logs = Path(tmp)
         procs = [spawn(stack, name, logs) for name in SERVICES]
         try:
@@ -112,6 +132,8 @@ def main() -> None:
     apart = max((abs(a[4] - b[4]) for a, b in zip(paced, fast, strict=False)), default=0.0)
     print(f"  same rule, severity, kind, episode: {same}; largest event-time difference {apart:.3f} s")
     print(f"  pk series equal: {series[0] == series[1]} ({len(series[0])} and {len(series[1])} estimates)")
+    for line in pk_differences(*series)[:12]:
+        print(f"    {line}")
     if not same or apart > 1.001 or series[0] != series[1]:
         sys.exit(1)
 
