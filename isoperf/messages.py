@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from isoperf.codec import DEFAULT_MAX_PAYLOAD_BYTES, decode
 from isoperf.schemas import (
     SESSION_MESSAGES,
-    Reading,
+    Sample,
     check_signal_range,
     parse_reading_payload,
     readings_of,
@@ -34,7 +34,7 @@ class Readings:
     """The body of a ``raw/{signal}`` message: one reading or a whole batch, flattened."""
 
     signal: str
-    readings: list[Reading]
+    readings: list[Sample]
     journal_seq: int | None = None  # the gateway's journal sequence number of the message
 
 

@@ -9,6 +9,8 @@ same interface in prose.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -115,14 +117,27 @@ class ReadingBatch(_Model):
     journal_seq: JournalSeq = None
 
 
-def readings_of(payload: Reading | ReadingBatch) -> list[Reading]:
-    """Flatten a single reading or a batch into readings."""
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One validated reading as the services handle it: a plain record, not a model (a batch of
+    100 samples is validated once, as a :class:`ReadingBatch`; building a model per sample would
+    cost more than everything else on the recorder's path)."""
+
+    t: float
+    v: float
+    dt: float = 1.0
+    seq: int | None = None
+
+
+def readings_of(payload: Reading | ReadingBatch) -> list[Sample]:
+    """Flatten a single reading or a batch into samples."""
     if isinstance(payload, Reading):
-        return [payload]
-    return [Reading(t=t, v=v, dt=payload.dt) for t, v in payload.samples]
+        return [Sample(payload.t, payload.v, payload.dt, payload.seq)]
+    dt = payload.dt
+    return [Sample(t, v, dt) for t, v in payload.samples]
 
 
-def check_signal_range(signal: str, readings: list[Reading]) -> None:
+def check_signal_range(signal: str, readings: Sequence[Sample | Reading]) -> None:
     """Raise ``ValueError`` if any reading lies outside the signal's physical range."""
     low, high = SIGNAL_RANGES[signal]
     for r in readings:

@@ -113,6 +113,23 @@ class SessionWindows:
                 w.start = t
         return None
 
+    def take_all(self, key: tuple[str, str], first: float, low: float, high: float, now: float) -> bool:
+        """A batch whose times (the first, the lowest, the highest) all lie inside the window as it
+        stands is taken in at once and True returned; otherwise nothing changes (judge each)."""
+        r, w = self.rules, self._window(key)
+        if high > now + r.ahead_s or (w.start is not None and low < w.start - r.before_s):
+            return False
+        latest = w.latest if w.latest > -math.inf else (w.start if w.start is not None else -math.inf)
+        if latest == -math.inf:
+            latest = first  # the first sample opens the window
+        if high > latest + r.after_s:
+            return False
+        w.jumped_t = w.jumped_since = None
+        w.latest = max(w.latest, high)
+        if w.start is None:
+            w.start = first
+        return True
+
     def _confirmed(self, w: _Window, t: float, now: float) -> bool:
         """Inputs past the bound keep coming for ``confirm_s``, agreeing with each other, with none
         accepted between: the session moved on."""

@@ -35,7 +35,18 @@ from isoperf.influx import LineSink
 from isoperf.messages import Inbound, Readings, ServiceStatus
 from isoperf.outbox import Emitter
 from isoperf.points import alert_ack_line, alert_line, alert_silence_line
-from isoperf.schemas import Alert, AlertAck, AlertSilence, Event, GatewayStatus, Leakage, Reading, SessionMeta
+from isoperf.schemas import (
+    Alert,
+    AlertAck,
+    AlertSilence,
+    Event,
+    GatewayStatus,
+    Leakage,
+    Reading,
+    Sample,
+    SessionMeta,
+    readings_of,
+)
 from isoperf.sources import ConnectionLost, Publisher
 from isoperf.timewindow import Rejection
 from isoperf.topics import Topics
@@ -457,13 +468,25 @@ def _order_state(key: Key, order: EventTimeOrder[Ordered]) -> dict[str, object]:
 
 def _body_state(body: Ordered) -> dict[str, object]:
     if isinstance(body, Readings):
-        return {"raw": body.signal, "readings": [r.model_dump(exclude_none=True) for r in body.readings]}
+        return {"raw": body.signal, "readings": [_sample_state(r) for r in body.readings]}
     return {"leakage" if isinstance(body, Leakage) else "event": body.model_dump(exclude_none=True)}
+
+
+def _sample_state(r: Sample) -> dict[str, object]:
+    state: dict[str, object] = {"t": r.t, "v": r.v, "dt": r.dt}
+    if r.seq is not None:
+        state["seq"] = r.seq
+    return state
+
+
+def readings_of_states(states: list[dict[str, Any]]) -> list[Sample]:
+    """Held readings of a saved state, validated again (the file may have been edited)."""
+    return [s for r in states for s in readings_of(Reading.model_validate(r))]
 
 
 def _body_from_state(h: dict[str, Any]) -> Ordered:
     if "raw" in h:
-        return Readings(str(h["raw"]), [Reading.model_validate(r) for r in h["readings"]])
+        return Readings(str(h["raw"]), readings_of_states(h["readings"]))
     if "leakage" in h:
         return Leakage.model_validate(h["leakage"])
     return Event.model_validate(h["event"])
