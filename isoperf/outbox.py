@@ -4,11 +4,14 @@ way derived results leave a service, published at once and stored with the next 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
 from collections.abc import Iterable
 
 from isoperf.influx import LineSink
 from isoperf.sources import Publisher
+
+WINDOW = 100  # publications in flight at once (the MQTT client's own limit: max_inflight_messages)
 
 
 class Outbox:
@@ -25,12 +28,23 @@ class Outbox:
         return len(self._items)
 
     async def send(self, publisher: Publisher) -> None:
-        """Publish what is queued, in order, removing each message only once the broker has it."""
+        """Publish what is queued, in order, removing each message only once the broker has it.
+
+        Up to ``WINDOW`` publications are in flight at once (one round trip to the broker each would
+        otherwise bound a service to about a thousand messages a second). A message is removed only
+        when it and every one before it were acknowledged; after a lost connection the rest go again
+        (a message the broker had is then sent twice: every derived point is idempotent, same time)."""
         async with self._lock:
             while self._items:
-                topic, payload, retain = self._items[0]
-                await publisher.publish(topic, payload, retain=retain)
-                self._items.popleft()
+                window = list(itertools.islice(self._items, WINDOW))
+                results = await asyncio.gather(
+                    *(publisher.publish(topic, payload, retain=retain) for topic, payload, retain in window),
+                    return_exceptions=True,
+                )
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
+                    self._items.popleft()
 
 
 class Emitter:

@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
+from isoperf.outbox import WINDOW as OUTBOX_WINDOW
 from isoperf.settings import ServiceSettings
 from isoperf.sources import Connection, ConnectionLost, Delivery
 from isoperf.sources.mqtt_ack import ManualAck
@@ -39,6 +42,10 @@ def tls_context(settings: ServiceSettings) -> ssl.SSLContext | None:
 
 def broker_name(settings: ServiceSettings) -> str:
     return f"{'mqtts' if settings.mqtt_tls else 'mqtt'}://{settings.mqtt_host}:{settings.mqtt_port}"
+
+
+_properties: Callable[[int], Properties] = Properties  # paho's constructor, untyped
+SESSION_KEPT_S = 0xFFFFFFFF  # MQTT 5: the broker keeps the session (and what it holds) for ever
 
 
 class BrokerRefused(aiomqtt.MqttError):
@@ -124,6 +131,14 @@ class MqttSource:
         self.name = broker_name(settings)
         self._tls = tls_context(settings)
 
+    def _connect_properties(self) -> Properties:
+        props = _properties(PacketTypes.CONNECT)
+        # How many unacknowledged QoS 1 messages the broker may send before waiting for acks.
+        props.ReceiveMaximum = self.settings.mqtt_receive_maximum
+        if self.persistent:  # MQTT 5 ends a session at disconnect unless told to keep it
+            props.SessionExpiryInterval = SESSION_KEPT_S
+        return props
+
     @asynccontextmanager
     async def connect(self, subscriptions: Sequence[str]) -> AsyncIterator[Connection]:
         s = self.settings
@@ -133,13 +148,17 @@ class MqttSource:
             username=s.mqtt_username,
             password=_password(s),
             identifier=self.client_id,
-            clean_session=not self.persistent,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=not self.persistent,
+            properties=self._connect_properties(),
             keepalive=s.mqtt_keepalive_s,
             will=aiomqtt.Will(self.will_topic, b"offline", qos=1, retain=True) if self.will_topic else None,
             max_inflight_messages=100,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             tls_context=self._tls,
         )
+        # The outbox keeps up to a window of publications in flight: not a backlog worth a warning.
+        client.pending_calls_threshold = 10 * OUTBOX_WINDOW
         acks = ManualAck(client)
         connected = False
         try:
