@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from pathlib import Path
+
+from isoperf.topics import check_id
 
 
 def partition_of(theatre: str, count: int) -> int:
@@ -32,3 +35,22 @@ def theatres_of(theatres: Iterable[str], index: int, count: int) -> list[str]:
     if not 0 <= index < count:
         raise ValueError(f"partition {index} is not one of 0 .. {count - 1}")
     return [t for t in theatres if partition_of(t, count) == index]
+
+
+def read_theatres(path: Path) -> list[str]:
+    """Theatre ids, one a line (``#`` starts a comment); each ``[a-z0-9-]{1,64}``, none twice."""
+    theatres: list[str] = []
+    for n, raw in enumerate(path.read_text().splitlines(), 1):
+        name = raw.split("#", 1)[0].strip()
+        if not name:
+            continue
+        try:
+            check_id(name, "theatre")
+        except ValueError as exc:
+            raise ValueError(f"{path}:{n}: {exc}") from None
+        if name in theatres:
+            raise ValueError(f"{path}:{n}: theatre {name!r} listed twice")
+        theatres.append(name)
+    if not theatres:
+        raise ValueError(f"{path}: no theatre listed")
+    return theatres

@@ -28,8 +28,9 @@ from typing import Any, Protocol
 
 from isoperf.backoff import Backoff, wait_or_stop
 from isoperf.deadletter import DeadLetters
-from isoperf.messages import Inbound, MessageParser, Readings, subscriptions
-from isoperf.schemas import Event, LabSample, Leakage, Reading, SessionMeta
+from isoperf.messages import STATUS, Inbound, MessageParser, Readings, subscriptions
+from isoperf.partition import read_theatres, theatres_of
+from isoperf.schemas import Event, LabSample, Leakage, Sample, SessionMeta
 from isoperf.settings import ServiceSettings
 from isoperf.sources import Connection, ConnectionLost, Delivery, Publisher, Source
 from isoperf.timewindow import Rejection, SessionWindows, WindowRules
@@ -137,7 +138,7 @@ class ServiceLoop:
         self.deadletters = deadletters or DeadLetters(settings.deadletter_dir, service)
         kinds = handler.kinds if handler is not None else ()
         self.parser = MessageParser(self.topics, service, kinds, settings.max_payload_bytes)
-        self.subscriptions = subscriptions(self.topics, kinds, theatre)  # one theatre's, for a gateway
+        self.subscriptions = service_subscriptions(settings, self.topics, kinds, theatre)
         self.status_topic = status_topic(settings, service) if announce else None
         rules = WindowRules(
             settings.window_before_s, settings.window_after_s, settings.window_ahead_s, settings.window_confirm_s
@@ -218,10 +219,12 @@ class ServiceLoop:
         first_pending = 0.0
         flushing: asyncio.Future[None] | None = None
 
-        def start_flush() -> None:
+        async def start_flush() -> None:
             nonlocal flushing, pending
             flushing = asyncio.ensure_future(self._flush_and_ack(connection, handler, pending))
             pending = []
+            # Let the flush take what it stores (before its first await) before anything more is handled.
+            await asyncio.sleep(0)
 
         try:
             while True:
@@ -240,7 +243,14 @@ class ServiceLoop:
                         or time.monotonic() - first_pending > max_delay
                     )
                 ):
-                    start_flush()
+                    await start_flush()
+                if stopping.done():
+                    break
+                if connection.backlog():  # already received: taken without a task or a wait per message
+                    await self._take(handler, await connection.receive(), pending)
+                    if len(pending) == 1:
+                        first_pending = time.monotonic()
+                    continue
                 receiving = asyncio.ensure_future(connection.receive())
                 try:
                     while True:
@@ -256,18 +266,16 @@ class ServiceLoop:
                         flushing.result()
                         flushing = None
                         if pending and connection.backlog() == 0:
-                            start_flush()
+                            await start_flush()
                 except BaseException:
                     receiving.cancel()  # a failed flush ends the connection: receive nothing more on it
                     raise
                 if receiving not in done:
                     receiving.cancel()
                     break
-                delivery = receiving.result()
-                await self._handle(handler, delivery)
-                if not pending:
+                await self._take(handler, receiving.result(), pending)
+                if len(pending) == 1:
                     first_pending = time.monotonic()
-                pending.append(delivery)
         finally:
             if flushing is not None and not flushing.done():
                 await self._drain(asyncio.shield(flushing))
@@ -277,6 +285,10 @@ class ServiceLoop:
                 return
             flushing.result()
         await self._drain(self._flush_and_ack(connection, handler, pending))
+
+    async def _take(self, handler: Handler, delivery: Delivery, pending: list[Delivery]) -> None:
+        await self._handle(handler, delivery)
+        pending.append(delivery)
 
     async def _handle(self, handler: Handler, delivery: Delivery) -> None:
         topic, payload = delivery.topic, delivery.payload
@@ -307,7 +319,10 @@ class ServiceLoop:
         if isinstance(body, SessionMeta):
             self.windows.started(key, body.t)
         elif isinstance(body, Readings):
-            kept: list[Reading] = []
+            times = [r.t for r in body.readings]
+            if not times or self.windows.take_all(key, times[0], min(times), max(times), now):
+                return message, []  # the usual case: a batch inside its session's window, judged at once
+            kept: list[Sample] = []
             out: list[Rejection] = []
             for r in body.readings:
                 rejection = self.windows.judge(key, r.t, now)
@@ -327,6 +342,37 @@ class ServiceLoop:
         await handler.flush()
         connection.ack(pending)
         pending.clear()
+
+
+def service_subscriptions(
+    settings: ServiceSettings, topics: Topics, kinds: tuple[str, ...], theatre: str | None = None
+) -> list[str]:
+    """The topic filters of one instance: one theatre's (a gateway), one partition's theatres (a
+    stateful service of several instances; services' status only in partition 0, so a service going
+    offline is one alarm), or every theatre's; shared among the instances of ``share_group``."""
+    if theatre is not None:
+        subs = subscriptions(topics, kinds, theatre)
+    elif settings.partitions > 1:
+        listed = read_theatres(settings.theatres_file)
+        mine = theatres_of(listed, settings.partition, settings.partitions)
+        session_kinds = tuple(k for k in kinds if k != STATUS)
+        subs = [s for t in mine for s in subscriptions(topics, session_kinds, t)]
+        if STATUS in kinds and settings.partition == 0:
+            subs.append(topics.status_subscription())
+        log.info(
+            "partition %d of %d: %d of the %d theatres of %s (%s)",
+            settings.partition,
+            settings.partitions,
+            len(mine),
+            len(listed),
+            settings.theatres_file,
+            ", ".join(mine) or "none",
+        )
+    else:
+        subs = subscriptions(topics, kinds)
+    if settings.share_group:
+        subs = [f"$share/{settings.share_group}/{s}" for s in subs]
+    return subs
 
 
 def status_topic(settings: ServiceSettings, service: str) -> str:

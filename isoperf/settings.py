@@ -32,6 +32,9 @@ class ServiceSettings(BaseSettings):
     mqtt_password: SecretStr | None = None
     mqtt_root: str = "perfusion"
     mqtt_keepalive_s: int = Field(default=30, ge=5)
+    # MQTT 5 Receive Maximum: unacknowledged messages the broker may have in flight to a service.
+    # A batch is acknowledged once stored, so this bounds the batch; keep it above flush_max_messages.
+    mqtt_receive_maximum: int = Field(default=4000, ge=1, le=65535)
     # TLS to the broker (port 8883 in production): the broker's certificate is verified against
     # the CA file (or the system's store) and its name against ``mqtt_host``.
     mqtt_tls: bool = False
@@ -61,9 +64,23 @@ class ServiceSettings(BaseSettings):
     window_after_s: float = Field(default=900.0, gt=0.0)  # after the session's latest input
     window_ahead_s: float = Field(default=300.0, gt=0.0)  # ahead of this service's clock
     window_confirm_s: float = Field(default=120.0, gt=0.0)  # inputs past the bound for this long move it on
+    # More than one instance of a service (docs/scaling.md). The recorder, which keeps no state, shares
+    # one subscription among its instances: ``share_group`` (an MQTT shared subscription, ``$share/...``).
+    # A stateful service (leakage, pk, alerts) takes the theatres of one partition of the theatre list,
+    # ``partition`` of ``partitions`` (isoperf/partition.py), so a session always stays in one process.
+    share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    partitions: int = Field(default=1, ge=1, le=1024)
+    partition: int = Field(default=0, ge=0)
+    theatres_file: Path = Path("deploy/theatres.txt")
     log_level: str = "INFO"
     # The hospital's time zone (IANA name), for local wall times in reports and listings.
     timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _partition_in_range(self) -> Self:
+        if self.partition >= self.partitions:
+            raise ValueError(f"ISOPERF_PARTITION={self.partition} is not one of 0 .. {self.partitions - 1}")
+        return self
 
     @model_validator(mode="after")
     def _tls_files_need_tls(self) -> Self:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from isoperf.tools.brokerconf import read_theatres
+from isoperf.partition import read_theatres
 
 SERVER_NAMES = ("mosquitto", "influxdb", "grafana", "localhost", "127.0.0.1")
 

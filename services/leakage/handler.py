@@ -112,6 +112,7 @@ class LeakageHandler(Handler):
         if sess is None:
             sess = _Session(LeakageEstimator(self.params), self.clock())
             self.sessions[key] = sess
+            log.info("session %s/%s taken", *key)
             if key in self.isotopes:
                 sess.estimator.set_isotope(self.isotopes[key])
             if self.influx is not None:

@@ -8,6 +8,7 @@ is confirmed on the session's ``stored`` topic once it is stored, so the gateway
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 
@@ -29,6 +30,7 @@ from isoperf.timewindow import Rejection
 from isoperf.topics import Topics
 
 Key = tuple[str, str]
+log = logging.getLogger(__name__)
 
 
 def ranges(seqs: set[int]) -> list[tuple[int, int]]:
@@ -70,6 +72,9 @@ class RecorderHandler(Handler):
         seq: int | None = getattr(body, "journal_seq", None)  # what a gateway journalled: confirmed after flush
         if seq is not None:
             self._seqs[message.key].add(seq)
+
+    async def close(self) -> None:
+        log.info("recorder: %d readings stored since start", self.stored_readings)
 
     async def rejected(self, message: Inbound, rejections: list[Rejection]) -> None:
         """Kept aside as outside its session's time window: confirmed to its gateway as handled (it

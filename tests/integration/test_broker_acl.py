@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from isoperf.tools.brokerconf import read_theatres
+from isoperf.partition import read_theatres
 from isoperf.tools.devcerts import make_all
 from isoperf.tools.stack import find_binary, free_port
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from isoperf.tools.brokerconf import acl, read_theatres
+from isoperf.partition import read_theatres
+from isoperf.tools.brokerconf import acl
 from isoperf.tools.cli import SERVICES
 from isoperf.tools.devcerts import make_all
 

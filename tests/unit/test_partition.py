@@ -7,10 +7,14 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from isoperf.partition import partition_of, theatres_of
+from isoperf.runtime import service_subscriptions
+from isoperf.settings import ServiceSettings
+from isoperf.topics import Topics
 
 KNOWN = [1, 3, 2, 1, 0, 1, 0, 1]
 
@@ -56,3 +60,28 @@ def test_theatres_of_covers_every_theatre_once() -> None:
 def test_bad_partitions_are_refused(index: int, count: int) -> None:
     with pytest.raises(ValueError, match="partition"):
         theatres_of(["or-1"], index, count)
+
+
+def test_an_instance_subscribes_to_its_partition_or_its_share(tmp_path: Path) -> None:
+    listed = tmp_path / "theatres.txt"
+    theatres = [f"or-{i}" for i in range(1, 9)]
+    listed.write_text("\n".join(theatres) + "\n")
+    topics = Topics("perfusion")
+    kinds = ("raw/counts", "event", "status")
+    subs = [
+        service_subscriptions(ServiceSettings(partitions=4, partition=p, theatres_file=listed), topics, kinds)
+        for p in range(4)
+    ]
+    for p, mine in enumerate(subs):
+        expected = [t for t, k in zip(theatres, KNOWN, strict=True) if k == p]
+        assert {s.split("/")[1] for s in mine if "/status/" not in s} == set(expected)
+        assert len(mine) == 2 * len(expected) + (p == 0)  # the services' status: partition 0 only
+    assert sum(len(s) for s in subs) == 2 * len(theatres) + 1
+    shared = service_subscriptions(ServiceSettings(share_group="rec"), topics, ("raw/+",))
+    assert shared == ["$share/rec/perfusion/+/+/raw/+"]
+    assert service_subscriptions(ServiceSettings(), topics, ("raw/+",)) == ["perfusion/+/+/raw/+"]
+
+
+def test_a_partition_outside_the_count_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"ISOPERF_PARTITION=2 is not one of 0 \.\. 1"):
+        ServiceSettings(partitions=2, partition=2)
