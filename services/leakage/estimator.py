@@ -273,7 +273,7 @@ class LeakageEstimator:
             if self._ref is None:
                 return Leakage(t=t, state="calibrated")
             self._filter = TrendFilter(t=t_perf + self.params.zero_end_s)
-            self._fast = TrendFilter(t=t_perf + self.params.zero_end_s, p=np.diag([1e-4, 0.0]))
+            self._fast = TrendFilter(t=t_perf + self.params.zero_end_s, p11=0.0)
         assert self._filter is not None
         if not self._ok[i]:
             return Leakage(t=t, state=self._phase_state(t))  # no reading: nothing to update
@@ -394,13 +394,13 @@ class LeakageEstimator:
         step = False
         fast = self._fast
         gap = fast.level - f.level
-        if abs(gap) > p.switch_z * math.sqrt(fast.p[0, 0] + f.p[0, 0]):
+        if abs(gap) > p.switch_z * math.sqrt(fast.p00 + f.p00):
             step = gap > 0
             f.level = fast.level
-            f.p = np.array([[fast.p[0, 0], 0.0], [0.0, f.p[1, 1] + p.step_rate_var]])
+            f.p00, f.p01, f.p11 = fast.p00, 0.0, f.p11 + p.step_rate_var
 
         zero_var = ref.zero_var + ref.drift_var * (t - ref.t_zero) ** 2
-        var = f.p[0, 0] + zero_var * scale**2 + (f.level**2) * ref.rise_var / ref.rise**2
+        var = f.p00 + zero_var * scale**2 + (f.level**2) * ref.rise_var / ref.rise**2
         half = Z95 * math.sqrt(var)
         return Leakage(
             t=t,
@@ -409,6 +409,6 @@ class LeakageEstimator:
             ci_low=f.level - half,
             ci_high=f.level + half,
             rate_pct_min=f.rate * 60.0,
-            rate_se_pct_min=math.sqrt(max(f.p[1, 1], 0.0)) * 60.0,
+            rate_se_pct_min=math.sqrt(max(f.p11, 0.0)) * 60.0,
             step=step,
         )

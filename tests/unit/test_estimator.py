@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 from hypothesis import given
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from isoperf.domain.isotopes import HALF_LIFE_S, decay_constant_per_s
 from isoperf.schemas import Leakage
 from services.leakage.estimator import EstimatorParams, LeakageEstimator
+from services.leakage.filters import TrendFilter, kalman_step, kalman_step_matrix
 from services.leakage.formula import (
     activity_ratio,
     decay_corrected_rate,
@@ -215,3 +217,19 @@ def test_the_reference_it_used_is_reported_for_the_record() -> None:
     assert ref["k"] == pytest.approx(K * math.exp(decay_constant_per_s("Tc-99m") * (T_PERF - T_CAL)), rel=1e-9)
     assert T_CAL < ref["plateau_start_t"] < ref["plateau_end_t"] == T_PERF
     assert (ref["zero_start_t"], ref["zero_end_t"]) == (T_PERF + 60.0, T_PERF + 120.0)
+
+
+def test_the_scalar_kalman_step_is_the_matrix_one() -> None:
+    """The filter is written out in scalars for speed; the textbook matrix form is its reference."""
+    rng = random.Random(3)
+    for q_rate, q_level in ((1e-9, 1e-7), (0.0, 1e-5)):
+        a, b = TrendFilter(t=0.0), TrendFilter(t=0.0)
+        t = 0.0
+        for _ in range(3000):
+            t += rng.choice((0.2, 1.0, 5.0))
+            y, r = rng.gauss(2.0, 0.5), rng.uniform(0.01, 1.0)
+            kalman_step(a, t, y, r, q_rate, q_level)
+            kalman_step_matrix(b, t, y, r, q_rate, q_level)
+        for name in ("level", "rate", "p00", "p01", "p11"):
+            assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-9, abs=1e-15), name
+        assert a.level != 0.0 and a.p00 > 0.0
