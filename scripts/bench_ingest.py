@@ -39,6 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
 import services.leakage.estimator as estimator_module
 from isoperf.codec import encode
 from isoperf.partition import partition_of
@@ -102,6 +105,30 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         p.wait(timeout=60)
 
 
+def wait_online(host: str, port: int, services: list[str], timeout: float = 120.0) -> None:
+    """Until every ``service/instance`` has published its retained ``online`` (it is subscribed then)."""
+    online: set[str] = set()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-wait-{os.getpid()}")
+
+    def on_message(_c: object, _u: object, m: mqtt.MQTTMessage) -> None:
+        if m.payload == b"online":
+            online.add(m.topic.removeprefix("perfusion/status/"))
+
+    client.on_message = on_message
+    client.connect(host, port)
+    client.subscribe("perfusion/status/#")
+    client.loop_start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not set(services) <= online:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not online within {timeout:.0f} s: {sorted(set(services) - online)}")
+            time.sleep(0.1)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
 # -- reference workload: the Node-RED peer's benchmark, then isoperf on the same servers ----------
 
 
@@ -127,7 +154,11 @@ def reference(args: argparse.Namespace) -> None:
         }
         procs = isoperf_services(env, out, args.recorders, 1)
         (run / "nodered.pid").write_text(str(procs[0].pid))  # the peer's benchmark measures this one
-        time.sleep(5)
+        wait_online(
+            "127.0.0.1",
+            28830,
+            [f"recorder/bench-recorder-{i}" for i in range(args.recorders)] + ["leakage/bench-leakage-0"],
+        )
         cpu0 = sum(cpu_s(p.pid) for p in procs)
         print(f"\n== isoperf: {args.recorders} recorder(s) sharing a subscription, and the leakage service ==")
         subprocess.run([*bench, "--out", str(out / "isoperf.json")], check=True)
