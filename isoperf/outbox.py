@@ -51,26 +51,48 @@ class Emitter:
     """Derived results (leakage, pk, alerts): on the bus at once, in the record with the next flush.
 
     The live path never waits for storage; the input is acknowledged only after ``flush``
-    returned, so a crash before it loses nothing (the input comes again).
+    returned, so a crash before it loses nothing (the input comes again). Publishing runs in the
+    background: ``send`` starts it and returns, so the next input is handled while the broker
+    acknowledges (one round trip to the broker per input would otherwise bound a service to a few
+    hundred inputs a second); ``flush`` waits for it.
     """
 
     def __init__(self, publisher: Publisher, sink: LineSink) -> None:
         self.publisher, self.sink = publisher, sink
         self.outbox = Outbox()
+        self._sending: asyncio.Task[None] | None = None
 
     def emit(self, topic: str, payload: bytes, lines: Iterable[str]) -> None:
         self.outbox.put(topic, payload)
         self.sink.add(lines)
 
     async def send(self) -> None:
-        """Publish what was emitted, now."""
-        await self.outbox.send(self.publisher)
+        """Publish what was emitted, starting now (a sender already running takes it too)."""
+        if self._sending is None or self._sending.done():
+            if self._sending is not None:
+                self._sending.exception()  # ConnectionLost: the next flush sends it again
+            self._sending = asyncio.ensure_future(self.outbox.send(self.publisher))
+            self._sending.add_done_callback(_retrieved)
+        await asyncio.sleep(0)  # the sender starts before the next input is handled
+
+    async def sent(self) -> None:
+        """Until what ``send`` started is acknowledged by the broker (or its failure raised)."""
+        if self._sending is not None:
+            sending, self._sending = self._sending, None
+            await sending
 
     async def flush(self) -> None:
-        """Store what was emitted; publish anything a lost connection held back."""
+        """Store what was emitted; publish what is left (anything a lost connection held back)."""
         await self.sink.flush()
+        await self.sent()
         await self.outbox.send(self.publisher)
 
     def __len__(self) -> int:
         """Emitted and not yet published."""
         return len(self.outbox)
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """A failed background send is not an unhandled error: its messages stay in the outbox."""
+    if not task.cancelled():
+        task.exception()

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from isoperf.codec import DEFAULT_MAX_PAYLOAD_BYTES
 from isoperf.messages import MessageParser
+from isoperf.outbox import Emitter
 from isoperf.runtime import Handler
 from isoperf.topics import Topics
 
@@ -43,3 +44,11 @@ async def deliver(
     Raises ``ValueError`` (with the reason) where the runtime would keep the message aside."""
     message = MessageParser(TOPICS, service, handler.kinds, max_bytes).parse(topic, payload)
     await handler.handle(message)
+    await published(handler)
+
+
+async def published(handler: object) -> None:
+    """Until what the handler's emitter started publishing in the background has reached the broker."""
+    emitter = getattr(handler, "emitter", None)
+    if isinstance(emitter, Emitter):
+        await emitter.sent()

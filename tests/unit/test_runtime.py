@@ -247,7 +247,8 @@ async def test_the_emitter_publishes_at_once_and_stores_on_flush() -> None:
     pub, writer = FakePublisher(), FakeWriter()
     emitter = Emitter(pub, writer)
     emitter.emit("perfusion/or-1/s-1/leakage", b"x", ["leakage,theatre=or-1 percent=1 1"])
-    await emitter.send()
+    await emitter.send()  # starts publishing in the background, and returns
+    await emitter.sent()
     assert pub.sent == [("perfusion/or-1/s-1/leakage", b"x")] and writer.stored == []
     await emitter.flush()
     assert writer.stored == ["leakage,theatre=or-1 percent=1 1"] and len(emitter) == 0
@@ -321,3 +322,26 @@ async def test_the_outbox_keeps_many_in_flight_and_only_the_acknowledged_prefix_
     pub.broken_at = None
     await outbox.send(pub)
     assert [int(p) for _, p in pub.sent] == list(range(250)) and len(outbox) == 0
+
+
+async def test_the_emitter_does_not_wait_for_the_broker_but_its_flush_does() -> None:
+    class Held(FakePublisher):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = asyncio.Event()
+
+        async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+            await self.release.wait()
+            await super().publish(topic, payload, retain=retain)
+
+    pub, writer = Held(), FakeWriter()
+    emitter = Emitter(pub, writer)
+    emitter.emit("t", b"1", ["x v=1 1"])
+    await asyncio.wait_for(emitter.send(), timeout=1)  # returns while the broker has not acknowledged
+    assert pub.sent == [] and len(emitter) == 1
+    flushing = asyncio.ensure_future(emitter.flush())
+    await asyncio.sleep(0.01)
+    assert not flushing.done() and writer.stored == ["x v=1 1"]
+    pub.release.set()
+    await asyncio.wait_for(flushing, timeout=1)
+    assert pub.sent == [("t", b"1")] and len(emitter) == 0
