@@ -140,6 +140,13 @@ def _summary(stack: LocalStack, theatre: str, session: str, wall_s: float) -> No
             f" AUC {p['auc_circuit']:.0f} ug*min/mL (linear-up/log-down; linear {p['auc_circuit_linear']:.0f})"
         )
         print(f"  melphalan, systemic  peak {p['cmax_systemic']:.3f} ug/mL, AUC {p['auc_systemic']:.2f} ug*min/mL")
+        if p.get("release_peak_ug_ml") is not None:
+            print(
+                f"  after the release    predicted peak {p['release_peak_ug_ml']:.2f} ug/mL"
+                f" (95% PI {p['release_peak_low_ug_ml']:.2f} to {p['release_peak_high_ug_ml']:.2f},"
+                f" refitted to {p['n_release']:.0f} samples); lab peak {p.get('cmax_systemic_release') or 0:.2f} ug/mL"
+                " (IHHP series median 4.2)"
+            )
         print(f"  regional/systemic    AUC ratio {p['auc_ratio']:.0f}, peak ratio {p['peak_ratio']:.0f}")
         print(
             f"  circuit model        V {p['v_ml']:.0f} +- {p['v_se_ml']:.0f} mL,"

@@ -134,6 +134,40 @@ def _pk_plot(d: dict[str, pd.DataFrame]) -> Figure:
     return fig
 
 
+def _release_plot(d: dict[str, pd.DataFrame]) -> Figure:
+    """The last predicted post-release systemic curve (``pk_release``) with its 95 % interval, the
+    systemic samples, and the predicted peak as it stood over the session."""
+    curve, pk, samples = d.get("pk_release", pd.DataFrame()), d["pk"], d["sample"]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    if "ug_ml" in curve:
+        # from just before the release to an hour after it (or the last sample, if later)
+        positive = curve.index[curve["ug_ml"].astype(float) > 0]
+        last = samples.index.max() if len(samples) else positive.max()
+        if len(positive):
+            start, end = positive.min() - pd.Timedelta(minutes=1), max(positive.min() + pd.Timedelta(hours=1), last)
+            shown = curve[(curve.index >= start) & (curve.index <= end)]
+        else:
+            shown = curve.iloc[0:0]
+        ax.fill_between(
+            shown.index, shown["low_ug_ml"].astype(float), shown["high_ug_ml"].astype(float), alpha=0.2,
+            label="95 % prediction interval",
+        )  # fmt: skip
+        n = int(float(curve["n_release"].iloc[-1])) if len(curve) else 0
+        ax.plot(shown.index, shown["ug_ml"].astype(float), label=f"predicted (last; {n} samples after the release)")
+    if "release_peak_ug_ml" in pk:
+        peak = pk.dropna(subset=["release_peak_ug_ml"])
+        ax.plot(peak.index, peak["release_peak_ug_ml"].astype(float), color="tab:gray", lw=0.8, ls="--",
+                label="predicted peak, as it stood")  # fmt: skip
+    if len(samples):
+        mine = samples[samples["site"] == "systemic"]
+        ax.plot(mine.index, mine["melphalan_ug_ml"].astype(float), "o", color="tab:red", label="lab samples")
+    _events(ax, d["event"])
+    ax.set_ylabel("systemic, ug/mL")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
 def _timeline_plot(d: dict[str, pd.DataFrame]) -> Figure:
     events, alerts = d["event"], d["alert"]
     fig, ax = plt.subplots(figsize=(10, 2.6))
@@ -172,6 +206,27 @@ def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
     return f"{value}{unit}"
 
 
+def _release_figures(pk: pd.DataFrame) -> list[tuple[str, str]]:
+    """The post-release figures of the last estimate: predicted peak, the lab's, the windowed ratios."""
+    last = pk.iloc[-1] if len(pk) else pd.Series(dtype=object)
+
+    def get(name: str) -> Any:
+        return last.get(name)
+
+    lo, hi = get("release_peak_low_ug_ml"), get("release_peak_high_ug_ml")
+    interval = f" (95 % PI {_fmt(lo, '', 2)} to {_fmt(hi, ' ug/mL', 2)})" if lo is not None and not pd.isna(lo) else ""
+    return [
+        ("Systemic peak after the release, predicted", _fmt(get("release_peak_ug_ml"), " ug/mL", 2) + interval),
+        ("Systemic peak after the release, lab (Cmax)", _fmt(get("cmax_systemic_release"), " ug/mL", 2)),
+        (
+            "Systemic AUC after the release, lab (linear-up/log-down)",
+            _fmt(get("auc_systemic_release"), " ug*min/mL", 1),
+        ),
+        ("Regional/systemic AUC ratio, isolation window", _fmt(get("auc_ratio_isolation"), "", 0)),
+        ("Regional/systemic AUC ratio, whole exposure", _fmt(get("auc_ratio_exposure"), "", 1)),
+    ]
+
+
 def render(
     store: Store, theatre: str, session: str, out: Path, pdf: bool = False, show_progress: bool = True
 ) -> list[Path]:
@@ -184,6 +239,7 @@ def render(
             lambda d: _signal_plot(d, [("flow", "flow, mL/min"), ("pressure", "pressure, mmHg")]),
         ),
         ("Melphalan: predicted and measured", _pk_plot),
+        ("Systemic melphalan after the release: predicted and measured", _release_plot),
         ("Timeline of events and alarms", _timeline_plot),
     ]
     with tqdm(
@@ -207,6 +263,7 @@ def render(
             ("Systemic AUC (linear-up/log-down)", _fmt(s["systemic_auc"], " ug*min/mL")),
             ("Regional/systemic AUC ratio", _fmt(s["auc_ratio"], "", 0)),
             ("Systemic peak after isolation", _fmt(s["systemic_peak_after_isolation_ug_ml"], " ug/mL", 3)),
+            *_release_figures(data["pk"]),
             ("Alarms raised / acknowledgements", f"{s['alarms']} / {s['acknowledgements']}"),
             ("Readings / lab samples", f"{s['readings']:,} / {s['lab_samples']}"),
         ]

@@ -3,7 +3,8 @@
 An estimate is published (at once, QoS 1) and stored every ``interval_s`` of event
 time while leakage points come, on every procedure event once the drug has started,
 and on every lab sample (late, out of order, or a correction of one already given:
-same ``sample_id``). The first time a session is seen (at start-up, after a
+same ``sample_id``). With it, whenever the predicted post-release curve has changed, that curve
+(``pk/release``, measurement ``pk_release``). The first time a session is seen (at start-up, after a
 restart) it is rebuilt from what the recorder and the leakage service stored, so
 a late lab result days after the session still finds its whole context.
 """
@@ -16,7 +17,7 @@ from isoperf.codec import encode
 from isoperf.influx import LineSink, RowReader
 from isoperf.messages import Inbound
 from isoperf.outbox import Emitter
-from isoperf.points import pk_line
+from isoperf.points import pk_line, pk_release_lines
 from isoperf.queries import session_where
 from isoperf.runtime import Handler
 from isoperf.schemas import Event, LabSample, Leakage, SessionMeta
@@ -47,6 +48,7 @@ class PkHandler(Handler):
         self.sessions: dict[Key, PkSession] = {}
         self.metas: dict[Key, SessionMeta] = {}
         self.last_emit: dict[Key, float] = {}
+        self.last_release: dict[Key, tuple[int, int] | None] = {}  # the post-release curve last published
 
     async def handle(self, message: Inbound) -> None:
         key, body = message.key, message.body
@@ -79,6 +81,9 @@ class PkHandler(Handler):
             return
         self.last_emit[key] = max(t, self.last_emit.get(key, t))
         self.emitter.emit(self.topics.session(*key, "pk"), encode(pk), [pk_line(*key, pk)])
+        if (revision := sess.release_key()) != self.last_release.get(key) and (curve := sess.release_message(t)):
+            self.last_release[key] = revision
+            self.emitter.emit(self.topics.session(*key, "pk/release"), encode(curve), pk_release_lines(*key, curve))
 
     async def flush(self) -> None:
         await self.emitter.flush()

@@ -12,23 +12,58 @@ the leakage estimate cancels instead of piling up. After the isolation ends the
 release carries the concentration the circuit had at its end (after the washout).
 This is the equilibrated concentration: right after a release the drug is still in
 a smaller volume, so early measured systemic peaks run higher than this estimate.
+
+After the release (``services.pk.release``, docs/melphalan.md): the release model predicts the
+systemic concentration once the clamps come off, from the drug the refitted circuit model
+leaves in the organ, with a 95 % prediction interval; refitted to the systemic samples drawn
+after the release. Until ``isolation_end`` the release is projected: the perfusion taken to
+last the procedure's usual time after the drug start (until ``drug_stop`` or
+``washout_start``), the washout its usual volume and flow (until its events), the clamps off
+a minute after the washout; the drug leaked during the isolation is added from the isolation's
+end on. Lab samples are analysed apart: systemic ones drawn during the isolation and after
+it, and the regional/systemic ratios over stated windows (``_nca``).
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from isoperf.domain.melphalan import Constants, Dose, Schedule, Washout, concentration, systemic_from_leak
-from isoperf.schemas import Event, LabSample, Pk, SessionMeta
+from isoperf.domain.melphalan import (
+    PROCEDURES,
+    Constants,
+    Dose,
+    Release,
+    Schedule,
+    Washout,
+    amounts,
+    concentration,
+    systemic_from_leak,
+    typical_release,
+)
+from isoperf.schemas import Event, LabSample, Pk, PkRelease, SessionMeta
 from services.pk import nca
 from services.pk.model import Fit, prior_fit, refit
+from services.pk.release import ReleaseFit, ReleasePrediction, predict_release, prior_release_fit, refit_release
 
 GRID_STEP_MIN = 0.25
 WASHOUT_FLOW_ML_MIN = 200.0  # IHHP pump flow (docs/clinical-background.md: tens to a few hundred mL/min)
 GRID_HORIZON_MIN = 240.0
+BODY_UG_NIL = 50.0  # leaked drug in the body at the release below this: nil (0.001 ug/mL over 40 L)
+RELEASE_CURVE_STEP_MIN = 0.5  # the published post-release curve: every 30 s from the drug start to the horizon
+
+
+@dataclass(frozen=True)
+class _ReleaseState:
+    """The post-release fits and prediction, as of one revision of the inputs."""
+
+    fit: ReleaseFit
+    schedule: Schedule
+    body_ug: float
+    prediction: ReleasePrediction
 
 
 @dataclass
@@ -40,6 +75,9 @@ class PkSession:
     leak_pct: list[float] = field(default_factory=list)
     _fit: Fit | None = None
     _grid: tuple[np.ndarray, np.ndarray] | None = None
+    _release: tuple[tuple[int, int], _ReleaseState] | None = None
+    _body: tuple[tuple[int, int, float], float] | None = None
+    _revision: int = 0
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -68,7 +106,8 @@ class PkSession:
         self.leak_pct.insert(i, percent)
 
     def _invalidate(self) -> None:
-        self._fit, self._grid = None, None
+        self._fit, self._grid, self._release = None, None, None
+        self._revision += 1
 
     # -- the model -----------------------------------------------------------------------------
 
@@ -131,6 +170,143 @@ class PkSession:
             self._grid = (grid, concentration(grid, fit.constants, self.schedule()))
         return self._grid
 
+    # -- after the release ----------------------------------------------------------------------
+
+    def release_time(self) -> tuple[float, bool, Schedule] | None:
+        """``(release, projected, schedule)``: the release in minutes from the drug start (the
+        isolation's end, or its projection) and the schedule with the washout up to it
+        (projected too while its events are missing)."""
+        start = self.events.get("drug_start")
+        if self.meta is None or start is None or start.dose_mg is None:
+            return None
+        p = PROCEDURES[self.meta.procedure]
+        actual = self.schedule()
+        end = self._isolation_end_min()
+        if actual.washouts:
+            washout = actual.washouts[0]
+        else:
+            stop = self.events.get("drug_stop")
+            w_start = self._min(stop.t) if stop is not None else p.perfusion_min
+            if end is not None:
+                w_start = min(w_start, end)
+            duration = p.washout_ml / p.washout_flow_ml_min
+            washout = Washout(w_start, w_start + duration, p.washout_ml)
+        if end is not None:
+            return end, False, Schedule(actual.doses, (washout,) if washout.start_min < end else ())
+        return washout.end_min + p.release_after_washout_min, True, Schedule(actual.doses, (washout,))
+
+    def _body_at_release(self, n: int) -> float:
+        """Drug in the body from the leak at the release, from its first ``n`` leakage points (kept
+        until the inputs or the leakage points before the release change)."""
+        fit = self.fit()
+        if fit is None or n < 2:
+            return 0.0
+        key = (self._revision, n, self.leak_pct[n - 1])
+        if self._body is not None and self._body[0] == key:
+            return self._body[1]
+        grid, curve = self._circuit_grid(fit)
+        times = [self._min(t) for t in self.leak_t[:n]]
+        _, body, _ = systemic_from_leak(times, self.leak_pct[:n], grid, curve, fit.constants.v_ml)
+        self._body = (key, body)
+        return body
+
+    def _release_state(self) -> _ReleaseState | None:
+        fit, when = self.fit(), self.release_time()
+        if fit is None or when is None or self.meta is None or self.t0 is None:
+            return None
+        release_min, projected, schedule = when
+        # The leak's share is added once the isolation has ended (the leakage points up to it); a new
+        # prediction is made when it changes by more than 1 % (or 50 ug, nil beside a release).
+        n_leak = 0 if projected else bisect.bisect_right(self.leak_t, self.t0 + 60.0 * release_min)
+        body = 0.0 if projected else self._body_at_release(n_leak)
+        key = (self._revision, 0 if body < BODY_UG_NIL else round(math.log(body / BODY_UG_NIL) / math.log(1.01)))
+        if self._release is not None and self._release[0] == key:
+            return self._release[1]
+        typical = typical_release(self.meta.procedure, self.meta.weight_kg)
+        rfit = self._release_fit(typical, fit, schedule, release_min, projected, body)
+        grid = np.arange(0.0, GRID_HORIZON_MIN + 1e-9, RELEASE_CURVE_STEP_MIN)
+        state = _ReleaseState(
+            rfit, schedule, body, predict_release(fit, schedule, rfit, release_min, body, grid, projected)
+        )
+        self._release = (key, state)
+        return state
+
+    def release_prediction(self) -> ReleasePrediction | None:
+        """The post-release curve on the published grid with its summary, refitted to the systemic
+        samples drawn after the release (None before the drug start and the metadata)."""
+        state = self._release_state()
+        return state.prediction if state is not None else None
+
+    def _release_fit(
+        self, typical: Release, fit: Fit, schedule: Schedule, release_min: float, projected: bool, body: float
+    ) -> ReleaseFit:
+        if projected:
+            return prior_release_fit(typical)
+        st, sc = self._profile("systemic")
+        a_c, a_t = amounts([release_min], fit.constants, schedule)[0]
+        return refit_release(typical, release_min, (float(a_c), float(a_t)), body, st, sc)
+
+    def release_key(self) -> tuple[int, int] | None:
+        """Changes whenever the post-release prediction does (to publish its curve once)."""
+        return self._release[0] if self._release_state() is not None and self._release is not None else None
+
+    def release_message(self, t: float) -> PkRelease | None:
+        """The predicted post-release curve as published on ``pk/release`` (prediction made at ``t``)."""
+        pred = self.release_prediction()
+        if pred is None or self.t0 is None:
+            return None
+        points = [
+            (round(self.t0 + 60.0 * m, 3), float(c), float(lo), float(hi))
+            for m, c, lo, hi in zip(pred.times_min, pred.c, pred.low, pred.high, strict=True)
+        ]
+        return PkRelease(
+            t=t,
+            release_t=round(self.t0 + 60.0 * pred.release_min, 3),
+            projected=pred.projected,
+            n_release=pred.n,
+            peak_ug_ml=pred.peak,
+            peak_low_ug_ml=pred.peak_low,
+            peak_high_ug_ml=pred.peak_high,
+            points=points,
+        )
+
+    def _release_fields(self, now: float) -> dict[str, object]:
+        pred = self.release_prediction()
+        if pred is None:
+            return {}
+        out: dict[str, object] = {
+            "release_min": pred.release_min,
+            "release_projected": pred.projected,
+            "release_peak_ug_ml": pred.peak,
+            "release_peak_low_ug_ml": pred.peak_low,
+            "release_peak_high_ug_ml": pred.peak_high,
+            "release_tmax_min": pred.tmax_min,
+            "release_auc_inf": pred.auc,
+            "release_auc_inf_low": pred.auc_low,
+            "release_auc_inf_high": pred.auc_high,
+            "n_release": pred.n,
+        }
+        if not pred.projected and pred.release_min < now <= pred.times_min[-1]:
+            # at ``now``: the published curve (every 30 s) interpolated, from zero at the release
+            after = pred.times_min > pred.release_min
+            ts = np.concatenate([[pred.release_min], pred.times_min[after]])
+
+            def at(values: np.ndarray) -> float:
+                return float(np.interp(now, ts, np.concatenate([[0.0], values[after]])))
+
+            out |= {
+                "release_ug_ml": at(pred.c),
+                "release_low_ug_ml": at(pred.low),
+                "release_high_ug_ml": at(pred.high),
+            }
+        state = self._release_state()
+        if state is not None and state.fit.n:
+            out |= {
+                "release_v1_ml": state.fit.release.v1_ml,
+                "release_tissue_fraction": state.fit.release.tissue_fraction,
+            }
+        return out
+
     # -- output --------------------------------------------------------------------------------
 
     def estimate(self, t: float) -> Pk | None:
@@ -149,6 +325,7 @@ class PkSession:
         if upto.sum() >= 2:
             out["model_auc_circuit"] = float(np.trapezoid(curve[upto], grid[upto]))
         out |= self._systemic_from_leak(now, grid, curve, fit.constants.v_ml)
+        out |= self._release_fields(now)
         out |= self._nca()
         out |= {
             "v_ml": fit.constants.v_ml,
@@ -190,7 +367,52 @@ class PkSession:
         end = self._isolation_end_min()
         if end is not None and (after := nca.peak_after(st, sc, end)) is not None:
             out["systemic_peak_after_isolation"] = after[0]
+        if end is not None:
+            out |= self._nca_apart(ct, cc, st, sc, end)
         notes = [f"{site} samples: {p.note}" for site, p in (("circuit", reg), ("systemic", sys_)) if p.note]
         if notes:
             out["note"] = "; ".join(notes)
+        return out
+
+    @staticmethod
+    def _nca_apart(ct: list[float], cc: list[float], st: list[float], sc: list[float], end: float) -> dict[str, object]:
+        """Systemic samples during the isolation and after the release apart, and the regional/
+        systemic AUC ratios over their stated windows (docs/melphalan.md, minutes from the drug start):
+
+        * ``auc_ratio_isolation``: both AUCs from the drug start to ``ratio_isolation_end_min``,
+          the isolation's end or, if earlier, the last sample of either site before it;
+        * ``auc_ratio_exposure``: the regional AUC over the isolation (drug start to its last
+          circuit sample) over the systemic AUC from the drug start to ``ratio_exposure_end_min``
+          (the last systemic sample): each site's whole exposure, the regional one ending when the
+          circuit comes off, as the IHHP series compares them (2,382 / 275).
+
+        Both profiles start from zero at the drug start when no sample was drawn then.
+        """
+        during = [(t, c) for t, c in zip(st, sc, strict=True) if t <= end]
+        out: dict[str, object] = {"n_systemic_isolation": len(during), "n_systemic_release": len(st) - len(during)}
+        iso = nca.profile([t for t, _ in during], [c for _, c in during])
+        out |= {"cmax_systemic_isolation": iso.cmax, "auc_systemic_isolation": iso.auc_linlog}
+        rel = nca.after_release(st, sc, end)
+        if rel is not None:
+            out |= {
+                "cmax_systemic_release": rel.cmax,
+                "tmax_systemic_release_min": rel.tmax,
+                "auc_systemic_release": rel.auc_linlog,
+                "auc_systemic_release_linear": rel.auc_linear,
+            }
+        reg_t, reg_c = nca.from_zero([t for t in ct if t <= end], [c for t, c in zip(ct, cc, strict=True) if t <= end])
+        sys_t, sys_c = nca.from_zero(st, sc)
+        sys_iso_t = [t for t in sys_t if t <= end]
+        if len(reg_t) >= 2 and len(sys_iso_t) >= 2:
+            w = min(end, reg_t[-1], sys_iso_t[-1])
+            if w > 0:
+                reg = nca.auc_window(reg_t, reg_c, 0.0, w, "linlog")
+                sys_iso = nca.auc_window(sys_t, sys_c, 0.0, w, "linlog")
+                out |= {"auc_ratio_isolation": nca.ratio(reg, sys_iso), "ratio_isolation_end_min": w}
+        if len(reg_t) >= 2 and len(sys_t) >= 2 and sys_t[-1] > end:
+            reg = nca.auc(reg_t, reg_c, "linlog")
+            out |= {
+                "auc_ratio_exposure": nca.ratio(reg, nca.auc(sys_t, sys_c, "linlog")),
+                "ratio_exposure_end_min": sys_t[-1],
+            }
         return out
