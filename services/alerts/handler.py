@@ -8,7 +8,8 @@ event (``isolation_end``, ``session_end``) is held until the leakage stream has 
 its time, or for at most ``hold_s`` of the service's clock (then it goes on, logged).
 Readings and events come from one producer in event-time order, so each is the other's
 progress: a quiet event stream holds nothing back. Acknowledgements, silences, device
-and service status are not ordered by event time and apply at once.
+and service status, and the pk service's estimates (its predicted post-release peak) are not
+ordered by event time and apply at once.
 
 State (which alerts fire, which are acknowledged or silenced, what is held) is saved to
 a JSON file with every flush, before the input is acknowledged, so a restart carries on.
@@ -35,7 +36,7 @@ from isoperf.influx import LineSink
 from isoperf.messages import Inbound, Readings, ServiceStatus
 from isoperf.outbox import Emitter
 from isoperf.points import alert_ack_line, alert_line, alert_silence_line
-from isoperf.schemas import Alert, AlertAck, AlertSilence, Event, GatewayStatus, Leakage, Reading, SessionMeta
+from isoperf.schemas import Alert, AlertAck, AlertSilence, Event, GatewayStatus, Leakage, Pk, Reading, SessionMeta
 from isoperf.sources import ConnectionLost, Publisher
 from isoperf.timewindow import Rejection
 from isoperf.topics import Topics
@@ -64,7 +65,9 @@ def _critical(service: str) -> bool:
 
 
 class AlertsHandler:
-    kinds: tuple[str, ...] = ("meta", "event", "raw/+", "leakage", "device", "alert/ack", "alert/silence", "status")
+    kinds: tuple[str, ...] = (
+        "meta", "event", "raw/+", "leakage", "device", "alert/ack", "alert/silence", "status", "pk",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -141,6 +144,11 @@ class AlertsHandler:
 
             def step(e: SessionAlerts) -> list[Alert]:
                 return e.on_device(status)
+        elif isinstance(body, Pk):
+            pk = body
+
+            def step(e: SessionAlerts) -> list[Alert]:
+                return e.on_pk(pk)
         elif isinstance(body, AlertSilence):
             silence = body
             if silence.rule is not None and silence.rule not in RULE_NAMES and not silence.rule.startswith(PREFIXED):
