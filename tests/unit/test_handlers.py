@@ -169,3 +169,24 @@ async def test_pk_handler_publishes_the_post_release_curve_once_per_prediction()
     assert len([t for t, _ in pub.sent if t.endswith("/pk/release")]) == 1, "nothing new: not again"
     await h.flush()
     assert sum(line.startswith("pk_release,") for line in writer.stored) == 481
+
+
+async def test_alerts_handler_orders_the_pk_estimates_with_the_inputs_held(tmp_path: Path) -> None:
+    """A pk estimate waits behind the readings held for their leakage, and never holds them back."""
+    writer, pub = FakeWriter(), FakePublisher()
+    clock = [0.0]
+    h = AlertsHandler(
+        TOPICS, pub, writer, AlertRules(release_peak_ug_ml=8.0), tmp_path / "state.json", clock=lambda: clock[0]
+    )
+    counts = ReadingBatch(samples=[(T, 100.0)], dt=1.0)
+    await deliver(h, TOPICS.raw("or-1", "s-1", "counts"), encode(counts))  # held for its leakage
+    pk = Pk(t=T + 5, release_peak_ug_ml=9.5, release_projected=True)
+    await deliver(h, TOPICS.session("or-1", "s-1", "pk"), encode(pk))
+    assert pub.sent == [], "the estimate waits behind the counts held before it"
+    leak = Leakage(t=T + 10, state="background")
+    await deliver(h, TOPICS.session("or-1", "s-1", "leakage"), encode(leak))
+    sent = [decode(p) for _, p in pub.sent]
+    assert [(a["rule"], a["kind"], a["t"]) for a in sent] == [("release_peak", "new", T + 5)]
+    assert "late" not in sent[0] or not sent[0]["late"]
+    await h.flush()
+    await h.close()
