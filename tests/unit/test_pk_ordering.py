@@ -19,10 +19,17 @@ LEAKAGE_LAG_S = 0.5  # the leakage service's usual delay after the counts
 HOLD_S = 30.0
 
 
-def inputs(outage: tuple[float, float] | None, until_s: float = 1200.0) -> list[tuple[float, str, bytes]]:
+STEADY = SimConfig(leak=LeakScenario(kind="steady", rate_pct_min=0.05))
+# The clamps come off 3 s after a leakage point that starts an interval (a 1010 mL washout at 200 mL/min):
+# the estimate there is not one of those at the leakage points.
+OFF_THE_INTERVAL = SimConfig(leak=LeakScenario(kind="steady", rate_pct_min=0.05), washout_ml=1010.0)
+
+
+def inputs(
+    outage: tuple[float, float] | None, until_s: float = 1200.0, cfg: SimConfig = STEADY
+) -> list[tuple[float, str, bytes]]:
     """(arrival time, kind, payload) of a simulated session's pk inputs; during ``outage`` (from,
     minutes) no leakage comes, and what it would have sent comes at its end."""
-    cfg = SimConfig(leak=LeakScenario(kind="steady", rate_pct_min=0.05))
     s = simulate(cfg, 4)
     out: list[tuple[float, str, bytes]] = [(cfg.start_t, "meta", encode(s.meta))]
     out += [(e.t, "event", encode(e)) for e in s.events]
@@ -50,9 +57,9 @@ def first_by_time(lines: list[str], measurement: str = "pk") -> dict[tuple[str, 
     return {_point(line): line for line in reversed(lines) if _point(line)[0] == measurement}
 
 
-def run(outage: tuple[float, float] | None, until_s: float = 1200.0) -> list[str]:
+def run(outage: tuple[float, float] | None, until_s: float = 1200.0, cfg: SimConfig = STEADY) -> list[str]:
     """Every line the handler stored, in order, with its clock following the arrivals."""
-    arrivals = inputs(outage, until_s)
+    arrivals = inputs(outage, until_s, cfg)
     clock = [arrivals[0][0]]
     writer = FakeWriter()
     handler = PkHandler(TOPICS, FakePublisher(), writer, None, hold_s=HOLD_S, clock=lambda: clock[0])
@@ -83,12 +90,13 @@ def test_estimates_sent_before_the_leakage_came_are_corrected_to_those_of_a_sess
 
 @functools.cache
 def _release_runs() -> tuple[list[str], list[str]]:
-    cfg = SimConfig()
+    cfg = OFF_THE_INTERVAL
+    assert cfg.isolation_end_at_s % 15.0 == 3.0
     # Until just before the first systemic sample after the release (its curve would replace the one before).
     until_s = cfg.isolation_end_at_s - cfg.drug_start_at_s + 220.0
     # Ten minutes without leakage from two minutes before the drug stop (the leak stops with the
     # washout), past the clamps coming off: the leak's share of the release comes late.
-    return run(None, until_s), run((cfg.start_t + cfg.drug_stop_at_s - 120.0, 10.0), until_s)
+    return run(None, until_s, cfg), run((cfg.start_t + cfg.drug_stop_at_s - 120.0, 10.0), until_s, cfg)
 
 
 def test_the_post_release_curve_of_a_leakage_that_came_late_is_that_of_a_session_in_time() -> None:
