@@ -19,6 +19,7 @@ from isoperf.schemas import (
     LabSample,
     Leakage,
     Pk,
+    PkRelease,
     Reading,
     Sample,
     SessionMeta,
@@ -75,6 +76,22 @@ def leakage_line(theatre: str, session: str, leakage: Leakage) -> str:
 
 def pk_line(theatre: str, session: str, pk: Pk) -> str:
     return line("pk", _tags(theatre, session), pk.model_dump(exclude={"t"}), pk.t)
+
+
+def pk_release_lines(theatre: str, session: str, r: PkRelease) -> list[str]:
+    """Extension (measurement ``pk_release``): one point per time of the predicted post-release
+    curve, stamped at that time; a newer prediction replaces the older point for point (the grid
+    is fixed from the drug start), so the measurement holds the latest prediction."""
+    common: dict[str, FieldValue] = {
+        "predicted_at": r.t,
+        "release_t": r.release_t,
+        "projected": r.projected,
+        "n_release": r.n_release,
+    }
+    return [
+        line("pk_release", _tags(theatre, session), {"ug_ml": c, "low_ug_ml": lo, "high_ug_ml": hi, **common}, t)
+        for t, c, lo, hi in r.points
+    ]
 
 
 def alert_line(theatre: str, session: str, a: Alert) -> str:

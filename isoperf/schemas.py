@@ -275,6 +275,13 @@ class Pk(_Model):
     samples (non-compartmental): ``auc_circuit`` and ``auc_systemic`` by linear-up/log-down
     (``auc_*_linear`` by the linear trapezoid), peaks, ratios. Times in minutes from the
     drug start, AUCs in ug*min/mL.
+
+    Extensions: after the release (``release_*``), the release model's prediction of the systemic
+    concentration once the clamps come off, with 95 % prediction intervals, projected until
+    ``isolation_end`` (``release_projected``) and refitted to the systemic samples drawn after it
+    (``n_release``); the systemic samples during the isolation and after the release apart
+    (``*_systemic_isolation``, ``*_systemic_release``); regional/systemic ratios over stated
+    windows (``auc_ratio_isolation``, ``auc_ratio_exposure``, their ``ratio_*_end_min``).
     """
 
     t: EventTime
@@ -303,7 +310,53 @@ class Pk(_Model):
     k_uptake_se_min: Number | None = None
     n_circuit: int | None = None
     n_systemic: int | None = None
+    # Extensions: after the release (the release model).
+    release_min: Number | None = None  # the clamps come off (isolation end), or its projection
+    release_projected: bool | None = None
+    release_ug_ml: Number | None = None  # at ``t``, from the release on
+    release_low_ug_ml: Number | None = None
+    release_high_ug_ml: Number | None = None
+    release_peak_ug_ml: Number | None = None
+    release_peak_low_ug_ml: Number | None = None
+    release_peak_high_ug_ml: Number | None = None
+    release_tmax_min: Number | None = None
+    release_auc_inf: Number | None = None  # from the release to infinity
+    release_auc_inf_low: Number | None = None
+    release_auc_inf_high: Number | None = None
+    release_v1_ml: Number | None = None  # refitted (with systemic samples after the release only)
+    release_tissue_fraction: Number | None = None
+    n_release: int | None = None
+    # Extensions: the lab's systemic samples during the isolation and after the release, apart.
+    n_systemic_isolation: int | None = None
+    cmax_systemic_isolation: Number | None = None
+    auc_systemic_isolation: Number | None = None
+    n_systemic_release: int | None = None
+    cmax_systemic_release: Number | None = None
+    tmax_systemic_release_min: Number | None = None
+    auc_systemic_release: Number | None = None  # isolation end to the last sample, linear-up/log-down
+    auc_systemic_release_linear: Number | None = None
+    # Extensions: regional/systemic AUC ratios over stated windows (docs/melphalan.md).
+    auc_ratio_isolation: Number | None = None
+    ratio_isolation_end_min: Number | None = None
+    auc_ratio_exposure: Number | None = None
+    ratio_exposure_end_min: Number | None = None
     note: str | None = Field(default=None, max_length=500)
+
+
+class PkRelease(_Model):
+    """Extension (topic ``pk/release``, measurement ``pk_release``): the predicted systemic curve
+    after the release, as predicted at ``t``: ``points`` are ``[t, ug/mL, 95 % low, 95 % high]``
+    every 30 s from the drug start (zero before the release). Published whenever the prediction
+    changes (an event, a lab sample, the leak's share once the isolation has ended)."""
+
+    t: EventTime
+    release_t: EventTime  # the clamps come off, or its projection
+    projected: bool
+    n_release: int = Field(ge=0)  # systemic samples after the release refitted to
+    peak_ug_ml: Number
+    peak_low_ug_ml: Number
+    peak_high_ug_ml: Number
+    points: list[tuple[EventTime, Number, Number, Number]] = Field(min_length=1, max_length=5_000)
 
 
 class AlertSilence(_Model):
@@ -360,6 +413,7 @@ SESSION_MESSAGES: dict[str, type[BaseModel]] = {
     "sample": LabSample,
     "leakage": Leakage,
     "pk": Pk,
+    "pk/release": PkRelease,
     "alert": Alert,
     "alert/ack": AlertAck,
     "alert/silence": AlertSilence,

@@ -38,6 +38,9 @@ FIELD_UNITS = {
     "circuit_high_ug_ml": UNITS["concentration"],
     "systemic_ug_ml": UNITS["concentration"],
     "melphalan_ug_ml": UNITS["concentration"],
+    "ug_ml": UNITS["concentration"],  # pk_release: the predicted curve after the release and its band
+    "low_ug_ml": UNITS["concentration"],
+    "high_ug_ml": UNITS["concentration"],
     "cmax_circuit": UNITS["concentration"],
     "auc_circuit": UNITS["auc"],
     "auc_systemic": UNITS["auc"],

@@ -6,7 +6,8 @@ Every panel reads InfluxDB through InfluxQL on the provisioned data source
 
 * Theatre live (``isoperf-theatre-live``): leakage with its 95 % band and the alert levels,
   leak rate, probe counts, pump flow, circuit pressure, temperature, reservoir, predicted and
-  measured melphalan; events and alerts as annotations.
+  measured melphalan, the predicted systemic melphalan after the release; events and alerts as
+  annotations.
 * Session review (``isoperf-session-review``): one stored session, start to end: summary
   figures, the same curves, tables of events, samples, alerts and acknowledgements.
 * Overview (``isoperf-overview``): every active theatre at a glance.
@@ -147,6 +148,41 @@ def _melphalan() -> Panel:
         "timeseries",
         "Melphalan, µg/mL: predicted (band: 95 %) and measured (points)",
         [_target(predicted, alias="$col"), _target(measured, "B", alias="measured, $tag_site")],
+        UNITS["concentration"],
+        overrides=band,
+    )
+
+
+def _release() -> Panel:
+    """The pk service's latest prediction of the systemic curve after the release (``pk_release``: one
+    point per 30 s, replaced by every new prediction), with the systemic samples."""
+    predicted = (
+        'SELECT "ug_ml" AS "after release, predicted", "low_ug_ml" AS "release 95% low", '
+        f'"high_ug_ml" AS "release 95% high" FROM "pk_release" WHERE {SESSION} AND $timeFilter'
+    )
+    measured = f"""SELECT "melphalan_ug_ml" FROM "sample" WHERE {SESSION} AND "site" = 'systemic' AND $timeFilter"""
+    band = [
+        {
+            "matcher": {"id": "byName", "options": "release 95% high"},
+            "properties": [
+                {"id": "custom.fillBelowTo", "value": "release 95% low"},
+                {"id": "custom.lineWidth", "value": 0},
+            ],
+        },
+        {
+            "matcher": {"id": "byName", "options": "release 95% low"},
+            "properties": [{"id": "custom.lineWidth", "value": 0}],
+        },
+        {
+            "matcher": {"id": "byFrameRefID", "options": "B"},
+            "properties": [{"id": "custom.drawStyle", "value": "points"}, {"id": "custom.pointSize", "value": 8}],
+        },
+    ]
+    return _panel(
+        "timeseries",
+        "Systemic melphalan after the release, µg/mL: predicted (band: 95 %; projected until the clamps come off) "
+        "and measured (points)",
+        [_target(predicted, alias="$col"), _target(measured, "B", alias="measured, systemic")],
         UNITS["concentration"],
         overrides=band,
     )
@@ -390,6 +426,7 @@ def theatre_live() -> dict[str, Any]:
                 (_signal("reservoir", "Reservoir level, mL"), 12, 7),
             ],
             [(_melphalan(), 24, 9)],
+            [(_release(), 24, 8)],
             _alarm_panels(SESSION),
         ]
     )
@@ -478,6 +515,7 @@ def session_review() -> dict[str, Any]:
                 ),
                 (_table("Acknowledgements", f'SELECT "id", "acknowledged_by" FROM "alert_ack" {w}'), 8, 8),
             ],
+            [(_release(), 24, 8)],
         ]
     )
     board = _dashboard(

@@ -45,6 +45,7 @@ SERVICES: dict[str, tuple[str, ...]] = {
         "read {r}/+/+/device",
         "read {r}/+/+/alert/ack",
         "read {r}/+/+/alert/silence",
+        "read {r}/+/+/pk",
         "write {r}/+/+/alert",
     ),
     "pk": (
@@ -53,6 +54,7 @@ SERVICES: dict[str, tuple[str, ...]] = {
         "read {r}/+/+/sample",
         "read {r}/+/+/leakage",
         "write {r}/+/+/pk",
+        "write {r}/+/+/pk/release",
     ),
 }
 
@@ -68,7 +70,14 @@ GATEWAY = (
 )
 
 # What people's tools see: what the services derive, the session's metadata and events, status.
-_VIEW = ("read {r}/+/+/meta", "read {r}/+/+/event", "read {r}/+/+/alert", "read {r}/+/+/leakage", "read {r}/+/+/pk")
+_VIEW = (
+    "read {r}/+/+/meta",
+    "read {r}/+/+/event",
+    "read {r}/+/+/alert",
+    "read {r}/+/+/leakage",
+    "read {r}/+/+/pk",
+    "read {r}/+/+/pk/release",
+)
 
 ROLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "operator": (

@@ -188,6 +188,13 @@ def _summary(stack: LocalStack, theatre: str, session: str, wall_s: float) -> No
         print(
             f"  melphalan, systemic  peak {f('cmax_systemic', '.3f')} ug/mL, AUC {f('auc_systemic', '.2f')} ug*min/mL"
         )
+        if p.get("release_peak_ug_ml") is not None:
+            print(
+                f"  after the release    predicted peak {f('release_peak_ug_ml', '.2f')} ug/mL"
+                f" (95% PI {f('release_peak_low_ug_ml', '.2f')} to {f('release_peak_high_ug_ml', '.2f')},"
+                f" refitted to {f('n_release', '.0f')} samples); lab peak {f('cmax_systemic_release', '.2f')} ug/mL"
+                " (IHHP series median 4.2)"
+            )
         print(f"  regional/systemic    AUC ratio {f('auc_ratio', '.0f')}, peak ratio {f('peak_ratio', '.0f')}")
         print(
             f"  circuit model        V {f('v_ml', '.0f')} +- {f('v_se_ml', '.0f')} mL,"

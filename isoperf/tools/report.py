@@ -310,6 +310,7 @@ def _melphalan(
             f"{_fmt(pk_last.get('cmax_systemic'), ' µg/mL', 3)} at {_fmt(pk_last.get('tmax_systemic_min'), ' min', 0)}",
         ),
         ("Systemic peak after the isolation", _fmt(s["systemic_peak_after_isolation_ug_ml"], " µg/mL", 3)),
+        *_release_figures(pk_last),
         ("Drug leaked to the body", leaked_text),
         (
             "Circuit model, refitted to the circuit samples",
@@ -347,6 +348,43 @@ def _melphalan(
     return fig, lab
 
 
+def _release_figures(pk_last: pd.Series) -> list[tuple[str, str]]:
+    """After the release: the release model's predicted peak (the last estimate's), the lab's, and the
+    regional/systemic ratios over their stated windows (docs/melphalan.md)."""
+    lo, hi = pk_last.get("release_peak_low_ug_ml"), pk_last.get("release_peak_high_ug_ml")
+    interval = f" (95 % PI {_fmt(lo, '', 2)} to {_fmt(hi, ' µg/mL', 2)})" if lo is not None and pd.notna(lo) else ""
+    n = pk_last.get("n_release")
+    basis = f", refitted to {int(n)} systemic samples after the release" if n is not None and pd.notna(n) else ""
+    iso_end, exp_end = pk_last.get("ratio_isolation_end_min"), pk_last.get("ratio_exposure_end_min")
+    return [
+        (
+            "Systemic peak after the release, predicted (release model)",
+            _fmt(pk_last.get("release_peak_ug_ml"), " µg/mL", 2) + interval + basis,
+        ),
+        (
+            "Systemic Cmax, Tmax after the release (lab)",
+            (
+                f"{_fmt(pk_last.get('cmax_systemic_release'), ' µg/mL', 2)}"
+                f" at {_fmt(pk_last.get('tmax_systemic_release_min'), ' min', 0)} after the drug start"
+            ),
+        ),
+        (
+            "Systemic AUC after the release (lab, linear-up/log-down, from the isolation end)",
+            _fmt(pk_last.get("auc_systemic_release"), " µg·min/mL", 1),
+        ),
+        (
+            "Regional / systemic AUC ratio over the isolation"
+            + (f" (drug start to {_fmt(iso_end, ' min', 0)})" if iso_end is not None and pd.notna(iso_end) else ""),
+            _fmt(pk_last.get("auc_ratio_isolation"), "", 0),
+        ),
+        (
+            "Regional / systemic AUC ratio, each site's whole exposure"
+            + (f" (systemic to {_fmt(exp_end, ' min', 0)})" if exp_end is not None and pd.notna(exp_end) else ""),
+            _fmt(pk_last.get("auc_ratio_exposure"), "", 1),
+        ),
+    ]
+
+
 def _appendix(
     audit: dict[str, Any], rules: AlertRules, overrides: dict[str, float], tz: ZoneInfo
 ) -> list[tuple[str, Markup]]:
@@ -372,7 +410,7 @@ def render(
     """Write the HTML report (and its A4 PDF); returns the files written."""
     assert store.settings is not None
     tz = _zone(store.settings.timezone)
-    with tqdm(total=9 + int(pdf), desc=f"report {theatre}/{session}", unit="step", disable=not show_progress) as bar:
+    with tqdm(total=10 + int(pdf), desc=f"report {theatre}/{session}", unit="step", disable=not show_progress) as bar:
         bar.set_postfix_str("loading the session")
         data = store.load(theatre, session)
         s = store.summary(theatre, session, data)
@@ -387,6 +425,11 @@ def render(
             ("leakage", "Leakage during isolation, the alert levels, and the release", lambda: rf.leakage_plot(ctx)),
             ("circuit", "Circuit: flow, pressure, temperature, reservoir", lambda: rf.circuit_plot(ctx)),
             ("melphalan", "Melphalan: predicted, refitted and measured", lambda: rf.pk_plot(ctx, sess)),
+            (
+                "release",
+                "Systemic melphalan after the release: predicted and measured",
+                lambda: rf.release_plot(ctx),
+            ),
             (
                 "counts",
                 "Probe counts, with what the leakage formula took from them",

@@ -356,6 +356,59 @@ def pk_plot(ctx: Context, sess: PkSession | None) -> Figure:
     return fig
 
 
+def release_plot(ctx: Context) -> Figure:
+    """The pk service's last prediction of the systemic curve after the release (``pk_release``) with its
+    95 % interval, the predicted peak as it stood at each estimate, and the systemic lab samples; from
+    just before the release to an hour after it (or the last systemic sample, if later)."""
+    curve, pk, samples = ctx.data.get("pk_release", pd.DataFrame()), ctx.data["pk"], ctx.data["sample"]
+    systemic = samples[samples["site"] == "systemic"] if len(samples) else samples
+    fig, (ax,) = _figure(1, 3.4)
+    frame(ctx, ax)
+    lo, hi = ctx.span
+    if "ug_ml" in curve and len(curve):
+        x, c = ctx.clock.minutes(curve.index), curve["ug_ml"].astype(float).to_numpy()
+        after = c > 0
+        if after.any():
+            start = float(x[after].min())
+            last = float(ctx.clock.minutes(systemic.index).max()) if len(systemic) else start
+            lo, hi = start - 5.0, max(start + 60.0, last + 5.0)
+        shown = (x >= lo) & (x <= hi)
+        ax.fill_between(
+            x[shown],
+            curve["low_ug_ml"].astype(float).to_numpy()[shown],
+            curve["high_ug_ml"].astype(float).to_numpy()[shown],
+            alpha=0.18,
+            lw=0,
+            label="95 % prediction interval",
+        )
+        n = int(float(curve["n_release"].iloc[-1])) if "n_release" in curve else 0
+        ax.plot(x[shown], c[shown], lw=0.9, label=f"predicted (the last prediction; {n} samples after the release)")
+    if "release_peak_ug_ml" in pk:
+        peak = pk.dropna(subset=["release_peak_ug_ml"])
+        ax.plot(
+            ctx.clock.minutes(peak.index),
+            peak["release_peak_ug_ml"].astype(float),
+            color=RELEASE_COLOUR,
+            lw=0.8,
+            ls="--",
+            label="predicted peak, as it stood at each estimate",
+        )
+    if len(systemic):
+        ax.plot(
+            ctx.clock.minutes(systemic.index),
+            systemic["melphalan_ug_ml"].astype(float),
+            "o",
+            ms=3.5,
+            color="tab:red",
+            label="systemic lab samples (at draw time)",
+        )
+    ax.set_xlim(lo, hi)
+    ax.set_ylabel("systemic melphalan, µg/mL")
+    ax.legend(loc="upper right", framealpha=0.9)
+    fig.tight_layout()
+    return fig
+
+
 ALARM_MARKS = {
     "new": ("v", "raised (colour: severity)"),
     "escalated": ("v", "escalated to a higher level"),

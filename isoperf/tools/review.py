@@ -33,6 +33,7 @@ TABLES: dict[str, str] = {
     "sample": '"site", "melphalan_ug_ml", "sample_id", "reported_t"',
     "leakage": '"percent", "ci_low", "ci_high", "rate_pct_min", "state", "probe_fault"',
     "pk": "*",
+    "pk_release": '"ug_ml", "low_ug_ml", "high_ug_ml", "predicted_at", "projected", "n_release"',
     "alert": '"rule", "severity", "kind", "status", "value", "threshold", "message", "id", "silenced"',
     "alert_ack": '"id", "acknowledged_by", "matched"',
     "alert_silence": '"rule", "duration_s", "reason", "silenced_by"',

@@ -24,6 +24,13 @@ docs/clinical-background.md: 5 min background; calibration dose; isolation and c
 16 min; circuit tracer at 17 min; melphalan 1 mg/kg as a 10-minute infusion at
 20 min; 25 minutes of drug perfusion; a 1 L washout; clamps off; 15 minutes of
 observation after release.
+
+Melphalan (``isoperf.domain.melphalan``): the circuit follows the circuit model with this
+patient's constants; the systemic circulation gets the drug carried by the leak during the
+isolation and, once the clamps come off, the drug the organ releases (the release model). The
+patient's release is drawn for each seed from the procedure's population (between-patient
+variability, docs/melphalan.md), from a random stream of its own, so the probe's counts of a
+seed are the same as before; ``release_truth`` keeps it apart with the true systemic curve.
 """
 
 from __future__ import annotations
@@ -36,7 +43,21 @@ from typing import Literal
 import numpy as np
 
 from isoperf.domain.isotopes import decay_constant_per_s
-from isoperf.domain.melphalan import Constants, Dose, Schedule, Washout, concentration, systemic_from_leak
+from isoperf.domain.melphalan import (
+    Constants,
+    Dose,
+    Release,
+    Schedule,
+    Washout,
+    amounts,
+    concentration,
+    draw_release,
+    release_auc,
+    release_curve,
+    release_peak,
+    systemic_from_leak,
+    typical_release,
+)
 from isoperf.schemas import Event, LabSample, Reading, SessionMeta
 
 LeakKind = Literal["none", "steady", "step"]
@@ -83,6 +104,7 @@ class SimConfig:
     weight_kg: float = 75.0
     circuit_volume_ml: float = 220.0
     melphalan_mg_per_kg: float = 1.0
+    drug_mode: Literal["infusion", "bolus"] = "infusion"  # the IHHP series: a bolus in its first 8 patients
     # Probe
     background_cps: float = 40.0
     calibration_rise_cps: float = 300.0
@@ -116,6 +138,9 @@ class SimConfig:
     systemic_samples_after_end_s: tuple[float, ...] = (120.0, 300.0, 600.0)
     lab_delay_s: float = 600.0
     assay_cv: float = 0.08
+    # After the release: this patient's release model; None draws one for the seed from the
+    # procedure's population (isoperf.domain.melphalan.draw_release).
+    pk_release: Release | None = None
 
     @property
     def drug_stop_at_s(self) -> float:
@@ -134,6 +159,36 @@ class SimConfig:
         return self.isolation_end_at_s + self.observation_s
 
 
+@dataclass(frozen=True)
+class ReleaseTruth:
+    """The simulated patient's release and the true systemic melphalan around it."""
+
+    release: Release  # this patient's
+    t_drug: float  # Unix s of the drug start; times below are minutes from it
+    release_min: float  # the clamps come off (isolation end)
+    organ_ug: tuple[float, float]  # circuit and tissue drug at the release
+    body_ug: float  # drug in the body from the leak at the release
+    leak_min: np.ndarray = field(repr=False)  # the leak-borne systemic curve until the release
+    leak_ug_ml: np.ndarray = field(repr=False)
+
+    def systemic(self, t_abs: np.ndarray | list[float]) -> np.ndarray:
+        """True systemic concentration (ug/mL) at Unix times: the leak's during the isolation,
+        then the release (with the leaked drug still in the body)."""
+        m = (np.asarray(t_abs, dtype=float) - self.t_drug) / 60.0
+        during = np.where(m >= 0, np.interp(m, self.leak_min, self.leak_ug_ml), 0.0)
+        after = release_curve(m, self.release_min, self.organ_ug, self.release, self.body_ug)
+        return np.where(m < self.release_min, during, after)
+
+    def peak(self) -> tuple[float, float]:
+        """``(peak ug/mL, its Unix time)`` after the release."""
+        c, at = release_peak(self.release_min, self.organ_ug, self.release, self.body_ug)
+        return c, self.t_drug + 60.0 * at
+
+    def auc(self) -> float:
+        """Systemic AUC from the release to infinity, ug*min/mL."""
+        return release_auc(self.organ_ug, self.release, self.body_ug)
+
+
 @dataclass
 class SimulatedSession:
     """Everything the equipment would send, in event time, plus the truth kept apart."""
@@ -145,6 +200,7 @@ class SimulatedSession:
     truth: list[tuple[float, float]]  # (t, true leakage %) at each counts sample
     samples: list[tuple[float, LabSample]] = field(default_factory=list)  # (arrival time, lab result)
     pk_truth: Constants | None = None
+    release_truth: ReleaseTruth | None = None
 
     def timeline(self) -> Iterator[tuple[float, str, Event | Reading | LabSample]]:
         """Every event, reading and lab result in time order, as ``(t, kind, item)``; kind is
@@ -218,7 +274,11 @@ def _events(cfg: SimConfig) -> list[Event]:
         Event(t=t0 + cfg.isolation_at_s, type="isolation_start"),
         Event(t=t0 + cfg.perfusion_dose_at_s, type="perfusion_dose", activity_mbq=a_cal * cfg.activity_ratio),
         Event(
-            t=t0 + cfg.drug_start_at_s, type="drug_start", dose_mg=dose_mg, mode="infusion", duration_s=cfg.infusion_s
+            t=t0 + cfg.drug_start_at_s,
+            type="drug_start",
+            dose_mg=dose_mg,
+            mode=cfg.drug_mode,
+            duration_s=cfg.infusion_s if cfg.drug_mode == "infusion" else None,
         ),
         Event(t=t0 + cfg.drug_stop_at_s, type="drug_stop"),
         Event(t=t0 + cfg.drug_stop_at_s, type="washout_start", volume_ml=cfg.washout_ml),
@@ -275,6 +335,13 @@ def simulate(cfg: SimConfig, seed: int = 0) -> SimulatedSession:
     def pairs(t: np.ndarray, v: np.ndarray, digits: int) -> list[tuple[float, float]]:
         return [(round(float(a), 3), round(float(b), digits)) for a, b in zip(t, v, strict=True)]
 
+    # The patient's release from its own stream: the counts above stay those of the seed.
+    patient = cfg.pk_release or draw_release(
+        typical_release(cfg.procedure, cfg.weight_kg), np.random.default_rng([seed, 17])
+    )
+    release = _release_truth(cfg, meta, tc, truth, patient)
+    samples = _lab_samples(cfg, meta, release, rng)
+
     return SimulatedSession(
         config=cfg,
         meta=meta,
@@ -287,8 +354,9 @@ def simulate(cfg: SimConfig, seed: int = 0) -> SimulatedSession:
             "reservoir": pairs(tv, reservoir, 1),
         },
         truth=pairs(tc, truth, 6),
-        samples=_lab_samples(cfg, meta, tc, truth, rng),
+        samples=samples,
         pk_truth=_pk_truth(cfg, meta),
+        release_truth=release,
     )
 
 
@@ -297,25 +365,42 @@ def _pk_truth(cfg: SimConfig, meta: SessionMeta) -> Constants:
     return Constants(v_ml=default.v_ml * cfg.pk_v_factor, k_uptake_min=cfg.pk_k_uptake_min)
 
 
-def _lab_samples(
-    cfg: SimConfig, meta: SessionMeta, tc: np.ndarray, leak_pct: np.ndarray, rng: np.random.Generator
-) -> list[tuple[float, LabSample]]:
-    """Circuit samples every few minutes from the drug start to the isolation end, systemic ones
-    during the perfusion and after the release; measured with a proportional assay error."""
-    t_drug = cfg.start_t + cfg.drug_start_at_s
+def _schedule(cfg: SimConfig) -> Schedule:
     washout = Washout(
         (cfg.drug_stop_at_s - cfg.drug_start_at_s) / 60,
         (cfg.drug_stop_at_s + cfg.washout_s - cfg.drug_start_at_s) / 60,
         cfg.washout_ml,
     )
-    dose = Dose(0.0, cfg.melphalan_mg_per_kg * cfg.weight_kg * 1000.0, cfg.infusion_s / 60)
-    schedule, truth = Schedule((dose,), (washout,)), _pk_truth(cfg, meta)
+    duration = cfg.infusion_s / 60 if cfg.drug_mode == "infusion" else 0.0
+    return Schedule((Dose(0.0, cfg.melphalan_mg_per_kg * cfg.weight_kg * 1000.0, duration),), (washout,))
+
+
+def _release_truth(
+    cfg: SimConfig, meta: SessionMeta, tc: np.ndarray, leak_pct: np.ndarray, patient: Release
+) -> ReleaseTruth:
+    """The true systemic curve: the leak's while the circuit is isolated (the leak is held at its
+    value from the release on: the rise the probe sees then is the release itself), then the
+    release model's."""
+    t_drug = cfg.start_t + cfg.drug_start_at_s
+    schedule, truth = _schedule(cfg), _pk_truth(cfg, meta)
     end_min = (cfg.isolation_end_at_s - cfg.drug_start_at_s) / 60
     grid = np.append(np.arange(0.0, end_min, 0.25), end_min)
     curve = concentration(grid, truth, schedule)
     minutes = (tc - t_drug) / 60
-    c_sys, _, _ = systemic_from_leak(list(minutes), list(leak_pct), grid, curve, truth.v_ml)
+    upto = minutes <= end_min
+    c_sys, body_ug, _ = systemic_from_leak(list(minutes[upto]), list(leak_pct[upto]), grid, curve, truth.v_ml)
+    a_c, a_t = amounts([end_min], truth, schedule)[0]
+    return ReleaseTruth(patient, t_drug, end_min, (float(a_c), float(a_t)), body_ug, minutes[upto], c_sys)
 
+
+def _lab_samples(
+    cfg: SimConfig, meta: SessionMeta, release: ReleaseTruth, rng: np.random.Generator
+) -> list[tuple[float, LabSample]]:
+    """Circuit samples every few minutes from the drug start to the isolation end, systemic ones
+    during the perfusion and after the release; measured with a proportional assay error."""
+    t_drug = release.t_drug
+    schedule, truth = _schedule(cfg), _pk_truth(cfg, meta)
+    end_min = release.release_min
     circuit = np.arange(0.0, end_min * 60 + 1e-9, cfg.circuit_sample_every_s)
     systemic = np.concatenate(
         [
@@ -334,7 +419,7 @@ def _lab_samples(
             true = (
                 float(concentration([off / 60], truth, schedule)[0])
                 if site == "circuit"
-                else float(np.interp(off / 60, minutes, c_sys))
+                else float(release.systemic([t])[0])
             )
             measured = round(true * float(np.exp(rng.normal(0.0, cfg.assay_cv))), 4)
             reported = round(t + cfg.lab_delay_s, 3)

@@ -18,6 +18,10 @@ event time between two signals says nothing.
 Phases: leakage rules apply until the isolation ends (afterwards the clamps
 are off, the release is expected, and leakage alerts are closed); circuit
 limits apply while the pump runs; every alert is closed at the session's end.
+The predicted systemic peak after the release (``on_pk``, rule ``release_peak``,
+advisory) applies from the drug start to the session's end, projected before the
+release and refitted after it: it fires when the prediction is above its level and
+resolves when a later prediction is not.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from isoperf.schemas import Alert, AlertKind, AlertSilence, GatewayStatus, Leakage, Severity
+from isoperf.schemas import Alert, AlertKind, AlertSilence, GatewayStatus, Leakage, Pk, Severity
 from services.alerts.rules import LIMITED_SIGNALS, SEVERITIES, UNITS, AlertRules
 
 # The reservoir level the circuit settled at: median of this window after the pump started.
@@ -172,6 +176,32 @@ class SessionAlerts:
         what = "Gateway journal filling up" if name == "journal" else f"Device {name} {status.state}"
         value = status.fill if status.fill is not None else 1.0
         return [self._fire(t, rule, "warning", value, 0.0, f"{what}: {status.reason}")]
+
+    def on_pk(self, pk: Pk) -> list[Alert]:
+        """The pk service's predicted systemic peak after the release against its advisory level."""
+        peak, level, rule = pk.release_peak_ug_ml, self.rules.release_peak_ug_ml, "release_peak"
+        if peak is None or self.circuit.ended:
+            return []
+        current = self.firing.get(rule)
+        if peak <= level:
+            return [self._resolve(pk.t, rule, peak, f"Predicted systemic peak after the release {peak:.1f} ug/mL, "
+                                  f"back at or below {level:g} ug/mL")] if current else []  # fmt: skip
+        basis = (
+            "projected"
+            if pk.release_projected
+            else f"refitted to {pk.n_release} systemic sample{'s' if pk.n_release != 1 else ''} after the release"
+            if pk.n_release
+            else "before any systemic sample after the release"
+        )
+        message = (
+            f"Predicted systemic melphalan peak after the release {peak:.1f} ug/mL "
+            f"(95 % PI {pk.release_peak_low_ug_ml or 0:.1f} to {pk.release_peak_high_ug_ml or 0:.1f}; {basis}) "
+            f"above {level:g} ug/mL"
+        )
+        if current is None:
+            return [self._fire(pk.t, rule, "advisory", peak, level, message)]
+        current.value, current.message = peak, message
+        return []
 
     def on_time(self, t: float) -> list[Alert]:
         """Advance the session clock: stale data, ischaemia time, silences, reminders, escalation."""

@@ -7,8 +7,11 @@ the leakage points are derived from the readings and come later, so a reading or
 event (``isolation_end``, ``session_end``) is held until the leakage stream has passed
 its time, or for at most ``hold_s`` of the service's clock (then it goes on, logged).
 Readings and events come from one producer in event-time order, so each is the other's
-progress: a quiet event stream holds nothing back. Acknowledgements, silences, device
-and service status are not ordered by event time and apply at once.
+progress: a quiet event stream holds nothing back. The pk service's estimates (its predicted
+post-release peak, rule ``release_peak``) are ordered with them at their own event time, but
+never waited for (a stream of predictions must not delay the leakage alarms): one goes at
+once when every input before it has gone. Acknowledgements, silences, device and service
+status are not ordered by event time and apply at once.
 
 State (which alerts fire, which are acknowledged or silenced, what is held) is saved to
 a JSON file with every flush, before the input is acknowledged, so a restart carries on.
@@ -42,6 +45,7 @@ from isoperf.schemas import (
     Event,
     GatewayStatus,
     Leakage,
+    Pk,
     Reading,
     Sample,
     SessionMeta,
@@ -63,11 +67,12 @@ CRITICAL_SERVICES = ("leakage", "acquisition", "recorder")
 ABANDONED_AFTER_S = 12 * 3600.0
 ENDED_REMEMBERED = 10_000  # ended sessions whose late messages are ignored
 STATE_VERSION = 2
-# The inputs ordered by event time; leakage is waited for once a session has counts (it is derived from them).
-STREAMS = ("readings", "events", "leakage")
+# The inputs ordered by event time; leakage is waited for once a session has counts (it is derived from them);
+# the pk estimates are ordered with them, never waited for.
+STREAMS = ("readings", "events", "leakage", "pk")
 HOLD_S = 30.0
 
-Ordered = Leakage | Readings | Event
+Ordered = Leakage | Readings | Event | Pk
 
 
 def _critical(service: str) -> bool:
@@ -75,7 +80,9 @@ def _critical(service: str) -> bool:
 
 
 class AlertsHandler:
-    kinds: tuple[str, ...] = ("meta", "event", "raw/+", "leakage", "device", "alert/ack", "alert/silence", "status")
+    kinds: tuple[str, ...] = (
+        "meta", "event", "raw/+", "leakage", "device", "alert/ack", "alert/silence", "status", "pk",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -136,7 +143,7 @@ class AlertsHandler:
         if isinstance(body, AlertAck):
             self._acknowledge(key, body)
             return
-        if isinstance(body, Leakage | Readings | Event):
+        if isinstance(body, Leakage | Readings | Event | Pk):
             if key in self.ended:
                 log.debug("%s/%s has ended; ignoring a late %s message", *key, message.kind)
                 return
@@ -218,6 +225,8 @@ class AlertsHandler:
             t = max(r.t for r in body.readings)
             order.add("readings", t, body, now)
             order.advance("events", t)
+        elif isinstance(body, Pk):
+            order.add("pk", body.t, body, now)
         else:
             order.add("events", body.t, body, now)
             order.advance("readings", body.t)
@@ -255,6 +264,12 @@ class AlertsHandler:
             alerts = engine.on_leakage(body)  # a late point's alerts carry its own time
         elif isinstance(body, Readings):
             alerts = [a for x in body.readings for a in engine.on_reading(body.signal, x.t, x.v)]
+        elif isinstance(body, Pk):
+            # Derived from the leakage like the leakage from the counts, and never waited for: one older
+            # than what was applied is the pk service's pace, not a hold bound run out.
+            raised = engine.on_pk(body)
+            self._emit(key, raised)
+            return len(raised)
         else:
             alerts = engine.on_event(body.type, body.t)
         if r.late and alerts:
@@ -469,7 +484,8 @@ def _order_state(key: Key, order: EventTimeOrder[Ordered]) -> dict[str, object]:
 def _body_state(body: Ordered) -> dict[str, object]:
     if isinstance(body, Readings):
         return {"raw": body.signal, "readings": [_sample_state(r) for r in body.readings]}
-    return {"leakage" if isinstance(body, Leakage) else "event": body.model_dump(exclude_none=True)}
+    kind = "leakage" if isinstance(body, Leakage) else "pk" if isinstance(body, Pk) else "event"
+    return {kind: body.model_dump(exclude_none=True)}
 
 
 def _sample_state(r: Sample) -> dict[str, object]:
@@ -489,4 +505,6 @@ def _body_from_state(h: dict[str, Any]) -> Ordered:
         return Readings(str(h["raw"]), readings_of_states(h["readings"]))
     if "leakage" in h:
         return Leakage.model_validate(h["leakage"])
+    if "pk" in h:
+        return Pk.model_validate(h["pk"])
     return Event.model_validate(h["event"])

@@ -19,7 +19,7 @@ UNITS = {"counts": "counts", "flow": "mL/min", "pressure": "mmHg", "temperature"
 # every ``device:{name}`` and ``clock`` every ``clock:{name}``; or one of them by its whole name).
 PREFIXED = ("offline:", "device:", "clock:")
 RULE_NAMES = frozenset(
-    {"leakage", "leak_rate", "probe_fault", "ischaemia", "reservoir_drop", "offline", "device", "clock"}
+    {"leakage", "leak_rate", "probe_fault", "ischaemia", "reservoir_drop", "offline", "device", "clock", "release_peak"}
     | {f"{s}_{side}" for s in LIMITED_SIGNALS for side in ("low", "high")}
     | {f"stale_{s}" for s in UNITS}
 )
@@ -63,6 +63,9 @@ class AlertRules:
     # Total ischaemia time from isolation: a warning ahead of the limit, critical at it.
     ischaemia_limit_min: float = 60.0
     ischaemia_warn_min: float = 50.0
+    # Advisory: the pk service's predicted systemic melphalan peak after the release (ug/mL) above this
+    # (docs/melphalan.md: about twice the IHHP series' median of 4.2; its highest was 18.33).
+    release_peak_ug_ml: float = 8.0
     # Reminders while firing and unacknowledged; a critical or stop alert unacknowledged this
     # long is sent to the escalation channels as well.
     repeat_s: float = 300.0

@@ -1,11 +1,13 @@
-"""The PK service's handler: metadata, events, lab samples and leakage in; ``pk`` estimates out.
+"""The PK service's handler: metadata, events, lab samples and leakage in; ``pk`` estimates and the
+post-release curve out.
 
 An estimate is published (at once, QoS 1) and stored at the first leakage point of every
 ``interval_s`` of event time, on every procedure event once the drug has started, and on
 every lab sample (late, out of order, or a correction of one already given: same
-``sample_id``). The first time a session is seen (at start-up, after a restart) it is
-rebuilt from what the recorder and the leakage service stored, so a late lab result days
-after the session still finds its whole context.
+``sample_id``). With it, whenever the predicted post-release curve has changed, that curve
+(``pk/release``, measurement ``pk_release``). The first time a session is seen (at
+start-up, after a restart) it is rebuilt from what the recorder and the leakage service
+stored, so a late lab result days after the session still finds its whole context.
 
 Inputs are applied in event-time order (:mod:`isoperf.eventtime`): the leakage points are
 derived from the counts and come later than the events and samples of the same moment,
@@ -13,10 +15,13 @@ so an event or sample is held until the leakage has passed its time, for at most
 ``hold_s`` of the service's clock (then it goes on, logged). A lab sample is ordered at
 its report time (``reported_t``; without one, the latest time of the session's inputs
 when it comes), not at its draw time: the lab reports it later. An estimate sent before
-the leakage had passed its time is corrected when the leakage comes: sent again, for the same ``t``, with the systemic
-exposure of the complete leakage (the stored point is replaced). So a session played at
-any pace, or with the leakage service stopped for a while, ends with the same stored
-estimates.
+the leakage had passed its time is corrected when the leakage comes: sent again, for the
+same ``t``, with the systemic exposure of the complete leakage (the stored point is
+replaced), and with it its post-release curve when the leak's share changes that. A curve
+is made from the inputs up to its event time only, and never sent for an event time before
+that of the latest one sent (the later one is the newer prediction, or is corrected in its
+turn). So a session played at any pace, or with the leakage service stopped for a while,
+ends with the same stored estimates and post-release curve.
 """
 
 from __future__ import annotations
@@ -33,14 +38,14 @@ from isoperf.eventtime import EventTimeOrder, Released
 from isoperf.influx import LineSink, RowReader
 from isoperf.messages import Inbound
 from isoperf.outbox import Emitter
-from isoperf.points import pk_line
+from isoperf.points import pk_line, pk_release_lines
 from isoperf.queries import session_where
 from isoperf.runtime import Handler
-from isoperf.schemas import Event, LabSample, Leakage, Pk, SessionMeta
+from isoperf.schemas import Event, LabSample, Leakage, Pk, PkRelease, SessionMeta
 from isoperf.sources import ConnectionLost, Publisher
 from isoperf.topics import Topics
 from services.pk.history import stored_inputs, stored_queries
-from services.pk.session import LeakBasis, PkSession
+from services.pk.session import LeakBasis, PkSession, ReleaseBasis, ReleaseKey
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,7 @@ class _Sent:
 
     pk: Pk
     basis: LeakBasis
+    release: tuple[ReleaseBasis, ReleaseKey] | None  # once the clamps are off: the leak's share is in it
 
 
 class PkHandler(Handler):
@@ -84,6 +90,8 @@ class PkHandler(Handler):
         self.uncorrected: dict[Key, dict[float, _Sent]] = {}
         self._forcing: set[Key] = set()
         self._quiet_until: dict[Key, float] = {}  # while rebuilding: estimates up to here are stored
+        self.last_release: dict[Key, PkRelease] = {}  # the post-release curve last sent (or stored)
+        self._release_key: dict[Key, ReleaseKey] = {}  # the prediction it was last compared with
         self._flush_lock = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
 
@@ -173,10 +181,19 @@ class PkHandler(Handler):
         sent = 0
         for t in sorted(done):
             was = pending.pop(t)
-            pk = was.pk.model_copy(update=sess.leak_fields(t, was.basis))
+            update = sess.leak_fields(t, was.basis)
+            curve = None
+            if was.release is not None and (
+                again := sess.corrected_release(t, was.release[0], was.basis, was.release[1])
+            ):
+                fields, curve = again
+                update |= fields
+            pk = was.pk.model_copy(update=update)
             if pk != was.pk:
                 self._send(key, pk)
                 sent += 1
+            if curve is not None and self._send_curve(key, curve):
+                self._release_key.pop(key, None)  # the next estimate's prediction is compared with it
         if done:
             log.info("%s/%s: %d estimates corrected with the leakage that came late", *key, sent)
         return sent
@@ -187,16 +204,23 @@ class PkHandler(Handler):
         if sess.t0 is None or t < sess.t0:  # before the drug start (a late point of a drug start forced on)
             return 0
         if t <= self._quiet_until.get(key, -math.inf):
+            self._release_curve(key, sess, t, quiet=True)  # stored then: what a new one is compared with
             return 0
         pk = sess.estimate(t)
         if pk is None:
             return 0
         self._send(key, pk)
+        self._release_curve(key, sess, t)
         order = self._order(key)
         basis = sess.leak_basis()
         if order.behind(t) and basis is not None:
             pending = self.uncorrected.setdefault(key, {})
-            pending[t] = _Sent(pk, basis)
+            release, revision = sess.release_basis(), sess.release_key()
+            pending[t] = _Sent(
+                pk,
+                basis,
+                (release, revision) if release is not None and revision is not None and not release.projected else None,
+            )
             if len(pending) > MAX_CORRECTIONS:
                 oldest = min(pending)
                 del pending[oldest]
@@ -205,6 +229,32 @@ class PkHandler(Handler):
 
     def _send(self, key: Key, pk: Pk) -> None:
         self.emitter.emit(self.topics.session(*key, "pk"), encode(pk), [pk_line(*key, pk)])
+
+    def _release_curve(self, key: Key, sess: PkSession, t: float, quiet: bool = False) -> None:
+        """The post-release curve with the estimate at ``t``, when its prediction has changed."""
+        revision = sess.release_key()
+        if revision is None or revision == self._release_key.get(key):
+            return
+        last = self.last_release.get(key)
+        if last is not None and t < last.t:
+            return  # an input that came late: the newer prediction stands (its estimate is corrected)
+        curve = sess.release_message(t)
+        if curve is not None:
+            self._send_curve(key, curve, quiet)
+        self._release_key[key] = revision
+
+    def _send_curve(self, key: Key, curve: PkRelease, quiet: bool = False) -> bool:
+        """Send ``curve`` unless it is the one last sent, or older than it (a correction of an estimate
+        before it: the later one stands, or is corrected in its turn); whether it was taken. Quiet: only
+        taken (it is stored already)."""
+        last = self.last_release.get(key)
+        if last is not None and (curve.t < last.t or curve.model_copy(update={"t": last.t}) == last):
+            return False
+        self.last_release[key] = curve
+        if not quiet:
+            topic = self.topics.session(*key, "pk/release")
+            self.emitter.emit(topic, encode(curve), pk_release_lines(*key, curve))
+        return True
 
     async def flush(self) -> None:
         async with self._flush_lock:

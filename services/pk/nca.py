@@ -11,6 +11,12 @@ of the published IHHP figures). Both AUC methods are always reported, named:
 
 Cmax and Tmax are observed values (the first time the maximum is seen).
 Fewer than two samples give no AUC, and say so.
+
+After the release (``after_release``): the systemic samples drawn at or after the isolation's
+end, apart from those during it. Cmax and Tmax are theirs; the AUC after the release (the
+IHHP series' "AUC after washout") runs from the isolation's end to the last sample, the
+concentration at the isolation's end taken as that of the last systemic sample drawn before it
+(0 without one), so the rise from the release is counted from the release.
 """
 
 from __future__ import annotations
@@ -101,6 +107,27 @@ def peak_after(t: Sequence[float], c: Sequence[float], after: float) -> tuple[fl
         return None
     cmax = max(ci for ci, _ in later)
     return cmax, next(ti for ci, ti in later if ci == cmax)
+
+
+def after_release(t: Sequence[float], c: Sequence[float], release: float) -> Profile | None:
+    """NCA of the samples drawn at or after ``release`` (minutes), anchored at the release; None
+    without such a sample."""
+    _check(t, c)
+    after = [(ti, ci) for ti, ci in zip(t, c, strict=True) if ti >= release]
+    if not after:
+        return None
+    before = [ci for ti, ci in zip(t, c, strict=True) if ti < release]
+    pts = after if after[0][0] == release else [(release, before[-1] if before else 0.0), *after]
+    ts, cs = [x for x, _ in pts], [y for _, y in pts]
+    i = max(range(len(after)), key=lambda k: (after[k][1], -k))
+    return Profile(len(after), auc(ts, cs, "linear"), auc(ts, cs, "linlog"), after[i][1], after[i][0])
+
+
+def from_zero(t: Sequence[float], c: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The profile with a zero at the drug start (0 min) when no sample was drawn at or before it."""
+    if t and t[0] <= 0.0:
+        return list(t), list(c)
+    return [0.0, *t], [0.0, *c]
 
 
 def ratio(regional: float | None, systemic: float | None) -> float | None:

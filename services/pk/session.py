@@ -12,6 +12,16 @@ the leakage estimate cancels instead of piling up. After the isolation ends the
 release carries the concentration the circuit had at its end (after the washout).
 This is the equilibrated concentration: right after a release the drug is still in
 a smaller volume, so early measured systemic peaks run higher than this estimate.
+
+After the release (``services.pk.release``, docs/melphalan.md): the release model predicts the
+systemic concentration once the clamps come off, from the drug the refitted circuit model
+leaves in the organ, with a 95 % prediction interval; refitted to the systemic samples drawn
+after the release. Until ``isolation_end`` the release is projected: the perfusion taken to
+last the procedure's usual time after the drug start (until ``drug_stop`` or
+``washout_start``), the washout its usual volume and flow (until its events), the clamps off
+a minute after the washout; the drug leaked during the isolation is added from the isolation's
+end on. Lab samples are analysed apart: systemic ones drawn during the isolation and after
+it, and the regional/systemic ratios over stated windows (``_nca``).
 """
 
 from __future__ import annotations
@@ -21,16 +31,56 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from isoperf.domain.melphalan import Constants, Dose, Schedule, Washout, concentration, systemic_from_leak
-from isoperf.schemas import Event, LabSample, Pk, SessionMeta
+from isoperf.domain.melphalan import (
+    PROCEDURES,
+    Constants,
+    Dose,
+    Release,
+    Schedule,
+    Washout,
+    amounts,
+    concentration,
+    systemic_from_leak,
+    typical_release,
+)
+from isoperf.schemas import Event, LabSample, Pk, PkRelease, SessionMeta
 from services.pk import nca
 from services.pk.model import Fit, prior_fit, refit
+from services.pk.release import ReleaseFit, ReleasePrediction, predict_release, prior_release_fit, refit_release
 
 GRID_STEP_MIN = 0.25
 WASHOUT_FLOW_ML_MIN = 200.0  # IHHP pump flow (docs/clinical-background.md: tens to a few hundred mL/min)
 GRID_HORIZON_MIN = 240.0
+BODY_UG_NIL = 50.0  # leaked drug in the body at the release below this: nil (0.001 ug/mL over 40 L)
+CORRECTIONS_KEPT = 8  # post-release predictions made again for corrections, kept
+RELEASE_CURVE_STEP_MIN = 0.5  # the published post-release curve: every 30 s from the drug start to the horizon
+
 
 LeakBasis = tuple[np.ndarray, np.ndarray, float]  # the circuit curve (grid, ug/mL) and volume it was fitted to
+ReleaseKey = tuple[int, float]  # the revision of the inputs, the leaked drug in the body at the release (ug)
+
+
+@dataclass(frozen=True)
+class ReleaseBasis:
+    """What the post-release prediction is made from as of one revision of the inputs, but for the
+    leak's share (to make it again later, as it was then, with leakage points that came late)."""
+
+    revision: int
+    fit: Fit
+    release_min: float
+    projected: bool
+    schedule: Schedule
+    typical: Release
+    systemic: tuple[tuple[float, ...], tuple[float, ...]]  # minutes from the drug start, ug/mL
+
+
+@dataclass(frozen=True)
+class _ReleaseState:
+    """The post-release fit and prediction, as of one revision of the inputs and one leak's share."""
+
+    key: ReleaseKey
+    fit: ReleaseFit
+    prediction: ReleasePrediction
 
 
 @dataclass
@@ -42,6 +92,12 @@ class PkSession:
     leak_pct: list[float] = field(default_factory=list)
     _fit: Fit | None = None
     _grid: tuple[np.ndarray, np.ndarray] | None = None
+    _basis: ReleaseBasis | None = None
+    _release: _ReleaseState | None = None
+    _body: tuple[tuple[int, int, int], float] | None = None
+    _revision: int = 0
+    _leak_edits: int = 0  # leakage points inserted before others or replaced
+    _corrections: dict[ReleaseKey, _ReleaseState] = field(default_factory=dict)
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -64,13 +120,18 @@ class PkSession:
     def add_leakage(self, t: float, percent: float) -> None:
         i = bisect.bisect_left(self.leak_t, t)
         if i < len(self.leak_t) and self.leak_t[i] == t:
+            if self.leak_pct[i] != percent:
+                self._leak_edits += 1
             self.leak_pct[i] = percent  # a repeated point (a redelivery, a rebuild)
             return
+        if i < len(self.leak_t):
+            self._leak_edits += 1  # a late point, before others
         self.leak_t.insert(i, t)
         self.leak_pct.insert(i, percent)
 
     def _invalidate(self) -> None:
-        self._fit, self._grid = None, None
+        self._fit, self._grid, self._basis, self._release = None, None, None, None
+        self._revision += 1
 
     # -- the model -----------------------------------------------------------------------------
 
@@ -133,6 +194,187 @@ class PkSession:
             self._grid = (grid, concentration(grid, fit.constants, self.schedule()))
         return self._grid
 
+    # -- after the release ----------------------------------------------------------------------
+
+    def release_time(self) -> tuple[float, bool, Schedule] | None:
+        """``(release, projected, schedule)``: the release in minutes from the drug start (the
+        isolation's end, or its projection) and the schedule with the washout up to it
+        (projected too while its events are missing)."""
+        start = self.events.get("drug_start")
+        if self.meta is None or start is None or start.dose_mg is None:
+            return None
+        p = PROCEDURES[self.meta.procedure]
+        actual = self.schedule()
+        end = self._isolation_end_min()
+        if actual.washouts:
+            washout = actual.washouts[0]
+        else:
+            stop = self.events.get("drug_stop")
+            w_start = self._min(stop.t) if stop is not None else p.perfusion_min
+            if end is not None:
+                w_start = min(w_start, end)
+            duration = p.washout_ml / p.washout_flow_ml_min
+            washout = Washout(w_start, w_start + duration, p.washout_ml)
+        if end is not None:
+            return end, False, Schedule(actual.doses, (washout,) if washout.start_min < end else ())
+        return washout.end_min + p.release_after_washout_min, True, Schedule(actual.doses, (washout,))
+
+    def release_basis(self) -> ReleaseBasis | None:
+        """The post-release prediction's inputs as of now, but for the leak's share (None before the
+        drug start and the metadata)."""
+        if self._basis is None:
+            fit, when = self.fit(), self.release_time()
+            if fit is None or when is None or self.meta is None:
+                return None
+            release_min, projected, schedule = when
+            st, sc = self._profile("systemic")
+            self._basis = ReleaseBasis(
+                self._revision,
+                fit,
+                release_min,
+                projected,
+                schedule,
+                typical_release(self.meta.procedure, self.meta.weight_kg),
+                (tuple(st), tuple(sc)),
+            )
+        return self._basis
+
+    def release_body(self, basis: ReleaseBasis, leak: LeakBasis) -> float:
+        """Drug in the body from the leak at the release (ug): from the leakage points known now before
+        the release, over the circuit curve ``leak``; nil while the release is projected (it is added
+        once the isolation has ended) and below ``BODY_UG_NIL``."""
+        if basis.projected or self.t0 is None:
+            return 0.0
+        n = bisect.bisect_left(self.leak_t, self.t0 + 60.0 * basis.release_min)
+        if n < 2:
+            return 0.0
+        grid, curve, v_ml = leak
+        times = [self._min(t) for t in self.leak_t[:n]]
+        _, body, _ = systemic_from_leak(times, self.leak_pct[:n], grid, curve, v_ml)
+        return body if body >= BODY_UG_NIL else 0.0
+
+    def _body_now(self, basis: ReleaseBasis) -> float:
+        """``release_body`` with the current circuit curve, kept until the inputs or the leakage points
+        before the release change."""
+        fit = self.fit()
+        if fit is None or self.t0 is None:
+            return 0.0
+        n = 0 if basis.projected else bisect.bisect_left(self.leak_t, self.t0 + 60.0 * basis.release_min)
+        key = (self._revision, n, self._leak_edits)
+        if self._body is None or self._body[0] != key:
+            self._body = (key, self.release_body(basis, (*self._circuit_grid(fit), fit.constants.v_ml)))
+        return self._body[1]
+
+    def _release_for(self, basis: ReleaseBasis, body: float) -> _ReleaseState:
+        """The release constants refitted to the systemic samples after the release, and the prediction
+        on the published grid (the latest one kept)."""
+        key = (basis.revision, body)
+        if self._release is not None and self._release.key == key:
+            return self._release
+        if (earlier := self._corrections.get(key)) is not None:
+            return earlier
+        if basis.projected:
+            rfit = prior_release_fit(basis.typical)
+        else:
+            a_c, a_t = amounts([basis.release_min], basis.fit.constants, basis.schedule)[0]
+            st, sc = basis.systemic
+            rfit = refit_release(basis.typical, basis.release_min, (float(a_c), float(a_t)), body, st, sc)
+        grid = np.arange(0.0, GRID_HORIZON_MIN + 1e-9, RELEASE_CURVE_STEP_MIN)
+        prediction = predict_release(basis.fit, basis.schedule, rfit, basis.release_min, body, grid, basis.projected)
+        state = _ReleaseState(key, rfit, prediction)
+        if basis.revision == self._revision:
+            self._release = state
+        else:  # a correction: the estimates awaiting their leakage mostly share their inputs
+            self._corrections[key] = state
+            while len(self._corrections) > CORRECTIONS_KEPT:
+                del self._corrections[next(iter(self._corrections))]
+        return state
+
+    def _release_state(self) -> _ReleaseState | None:
+        basis = self.release_basis()
+        return self._release_for(basis, self._body_now(basis)) if basis is not None else None
+
+    def release_prediction(self) -> ReleasePrediction | None:
+        """The post-release curve on the published grid with its summary, refitted to the systemic
+        samples drawn after the release (None before the drug start and the metadata)."""
+        state = self._release_state()
+        return state.prediction if state is not None else None
+
+    def release_key(self) -> ReleaseKey | None:
+        """Changes whenever the post-release prediction may have (to publish its curve when it has)."""
+        state = self._release_state()
+        return state.key if state is not None else None
+
+    def release_message(self, t: float) -> PkRelease | None:
+        """The predicted post-release curve as published on ``pk/release`` (prediction made at ``t``)."""
+        state = self._release_state()
+        return self._curve(state.prediction, t) if state is not None else None
+
+    def corrected_release(
+        self, t: float, basis: ReleaseBasis, leak: LeakBasis, was: ReleaseKey
+    ) -> tuple[dict[str, object], PkRelease] | None:
+        """The post-release fields of the estimate at ``t`` and its curve, made from ``basis`` and
+        ``leak`` (the inputs as they were at ``t``) with the leakage points known now; None when those
+        give the prediction ``was`` (made with the leakage known then)."""
+        body = self.release_body(basis, leak)
+        if (basis.revision, body) == was:
+            return None
+        state = self._release_for(basis, body)
+        return self._release_fields(state, self._min(t)), self._curve(state.prediction, t)
+
+    def _curve(self, pred: ReleasePrediction, t: float) -> PkRelease:
+        assert self.t0 is not None
+        points = [
+            (round(self.t0 + 60.0 * m, 3), float(c), float(lo), float(hi))
+            for m, c, lo, hi in zip(pred.times_min, pred.c, pred.low, pred.high, strict=True)
+        ]
+        return PkRelease(
+            t=t,
+            release_t=round(self.t0 + 60.0 * pred.release_min, 3),
+            projected=pred.projected,
+            n_release=pred.n,
+            peak_ug_ml=pred.peak,
+            peak_low_ug_ml=pred.peak_low,
+            peak_high_ug_ml=pred.peak_high,
+            points=points,
+        )
+
+    @staticmethod
+    def _release_fields(state: _ReleaseState, now: float) -> dict[str, object]:
+        """The post-release figures of an estimate at ``now`` (minutes from the drug start)."""
+        pred = state.prediction
+        out: dict[str, object] = {
+            "release_min": pred.release_min,
+            "release_projected": pred.projected,
+            "release_peak_ug_ml": pred.peak,
+            "release_peak_low_ug_ml": pred.peak_low,
+            "release_peak_high_ug_ml": pred.peak_high,
+            "release_tmax_min": pred.tmax_min,
+            "release_auc_inf": pred.auc,
+            "release_auc_inf_low": pred.auc_low,
+            "release_auc_inf_high": pred.auc_high,
+            "n_release": pred.n,
+        }
+        if not pred.projected and pred.release_min < now <= pred.times_min[-1]:
+            # at ``now``: the published curve (every 30 s) interpolated, from zero at the release
+            after = pred.times_min > pred.release_min
+            ts = np.concatenate([[pred.release_min], pred.times_min[after]])
+
+            def at(values: np.ndarray) -> float:
+                return float(np.interp(now, ts, np.concatenate([[0.0], values[after]])))
+
+            out |= {
+                "release_ug_ml": at(pred.c),
+                "release_low_ug_ml": at(pred.low),
+                "release_high_ug_ml": at(pred.high),
+            }
+        if state.fit.n:
+            out |= {
+                "release_v1_ml": state.fit.release.v1_ml,
+                "release_tissue_fraction": state.fit.release.tissue_fraction,
+            }
+        return out
+
     # -- output --------------------------------------------------------------------------------
 
     def estimate(self, t: float) -> Pk | None:
@@ -151,6 +393,8 @@ class PkSession:
         if upto.sum() >= 2:
             out["model_auc_circuit"] = float(np.trapezoid(curve[upto], grid[upto]))
         out |= self._systemic_from_leak(now, grid, curve, fit.constants.v_ml)
+        if (state := self._release_state()) is not None:
+            out |= self._release_fields(state, now)
         out |= self._nca()
         out |= {
             "v_ml": fit.constants.v_ml,
@@ -205,7 +449,52 @@ class PkSession:
         end = self._isolation_end_min()
         if end is not None and (after := nca.peak_after(st, sc, end)) is not None:
             out["systemic_peak_after_isolation"] = after[0]
+        if end is not None:
+            out |= self._nca_apart(ct, cc, st, sc, end)
         notes = [f"{site} samples: {p.note}" for site, p in (("circuit", reg), ("systemic", sys_)) if p.note]
         if notes:
             out["note"] = "; ".join(notes)
+        return out
+
+    @staticmethod
+    def _nca_apart(ct: list[float], cc: list[float], st: list[float], sc: list[float], end: float) -> dict[str, object]:
+        """Systemic samples during the isolation and after the release apart, and the regional/
+        systemic AUC ratios over their stated windows (docs/melphalan.md, minutes from the drug start):
+
+        * ``auc_ratio_isolation``: both AUCs from the drug start to ``ratio_isolation_end_min``,
+          the isolation's end or, if earlier, the last sample of either site before it;
+        * ``auc_ratio_exposure``: the regional AUC over the isolation (drug start to its last
+          circuit sample) over the systemic AUC from the drug start to ``ratio_exposure_end_min``
+          (the last systemic sample): each site's whole exposure, the regional one ending when the
+          circuit comes off, as the IHHP series compares them (2,382 / 275).
+
+        Both profiles start from zero at the drug start when no sample was drawn then.
+        """
+        during = [(t, c) for t, c in zip(st, sc, strict=True) if t <= end]
+        out: dict[str, object] = {"n_systemic_isolation": len(during), "n_systemic_release": len(st) - len(during)}
+        iso = nca.profile([t for t, _ in during], [c for _, c in during])
+        out |= {"cmax_systemic_isolation": iso.cmax, "auc_systemic_isolation": iso.auc_linlog}
+        rel = nca.after_release(st, sc, end)
+        if rel is not None:
+            out |= {
+                "cmax_systemic_release": rel.cmax,
+                "tmax_systemic_release_min": rel.tmax,
+                "auc_systemic_release": rel.auc_linlog,
+                "auc_systemic_release_linear": rel.auc_linear,
+            }
+        reg_t, reg_c = nca.from_zero([t for t in ct if t <= end], [c for t, c in zip(ct, cc, strict=True) if t <= end])
+        sys_t, sys_c = nca.from_zero(st, sc)
+        sys_iso_t = [t for t in sys_t if t <= end]
+        if len(reg_t) >= 2 and len(sys_iso_t) >= 2:
+            w = min(end, reg_t[-1], sys_iso_t[-1])
+            if w > 0:
+                reg = nca.auc_window(reg_t, reg_c, 0.0, w, "linlog")
+                sys_iso = nca.auc_window(sys_t, sys_c, 0.0, w, "linlog")
+                out |= {"auc_ratio_isolation": nca.ratio(reg, sys_iso), "ratio_isolation_end_min": w}
+        if len(reg_t) >= 2 and len(sys_t) >= 2 and sys_t[-1] > end:
+            reg = nca.auc(reg_t, reg_c, "linlog")
+            out |= {
+                "auc_ratio_exposure": nca.ratio(reg, nca.auc(sys_t, sys_c, "linlog")),
+                "ratio_exposure_end_min": sys_t[-1],
+            }
         return out

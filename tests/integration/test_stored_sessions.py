@@ -207,6 +207,7 @@ def test_export(recorded: LocalStack, tmp_path: Path, fmt: str) -> None:
         "sample",
         "leakage",
         "pk",
+        "pk_release",
         "alert",
         "alert_ack",
         "alert_silence",
@@ -222,7 +223,7 @@ def test_report_renders_in_headless_chromium(recorded: LocalStack, tmp_path: Pat
     assert done.returncode == 0, done.stderr
     assert page.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
     dom = headless("--virtual-time-budget=5000", "--dump-dom", page.as_uri()).stdout
-    assert 'data-plots-loaded="5"' in dom, "the page loads in Chromium with its five plots"
+    assert 'data-plots-loaded="6"' in dom, "the page loads in Chromium with its six plots"
     for png in re.findall(r'src="data:image/png;base64,([^"]+)"', page.read_text()):
         pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(png))).convert("L"))
         assert pixels.max() - pixels.min() > 100 and (pixels < 200).mean() > 0.01, "a plot is drawn, not blank"

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from isoperf.schemas import Alert, Event, LabSample, Leakage
+from isoperf.schemas import Alert, Event, LabSample, Leakage, Pk
 from services.acquisition.simulator import LeakScenario, SimConfig, SimulatedSession, simulate
 from services.alerts.engine import SessionAlerts
 from services.alerts.rules import AlertRules
@@ -153,3 +153,30 @@ def test_a_two_percent_step_fires_once_and_does_not_flap() -> None:
     alerts = [a for a in _session_alerts(dataclasses.replace(SimConfig(), leak=step), 1) if a.rule == "leakage"]
     assert (alerts[0].kind, alerts[0].severity) == ("new", "advisory")
     assert sum(a.kind == "new" for a in alerts) == 1 and not any(a.kind == "resolved" for a in alerts)
+
+
+def test_an_advisory_when_the_predicted_post_release_peak_is_above_its_level() -> None:
+    e = SessionAlerts("s-1", AlertRules().with_thresholds({"release_peak_ug_ml": 8.0}))
+
+    def pk(t: float, peak: float, projected: bool, n: int = 0) -> Pk:
+        return Pk(
+            t=T + t,
+            release_peak_ug_ml=peak,
+            release_peak_low_ug_ml=peak * 0.7,
+            release_peak_high_ug_ml=peak * 1.4,
+            release_projected=projected,
+            n_release=n,
+        )
+
+    assert e.on_pk(pk(0, 4.3, True)) == []
+    fired = e.on_pk(pk(15, 8.6, True))  # e.g. 2 mg/kg: known before the clamps come off
+    assert [(a.rule, a.severity, a.kind) for a in fired] == [("release_peak", "advisory", "new")]
+    assert fired[0].threshold == 8.0 and "8.6 ug/mL" in fired[0].message and "projected" in fired[0].message
+    assert e.on_pk(pk(30, 9.1, False, 1)) == [], "one alert while it stays above"
+    assert "refitted to 1 systemic sample after the release" in e.firing["release_peak"].message
+    assert e.on_pk(Pk(t=T + 40)) == [], "no prediction: nothing changes"
+    resolved = e.on_pk(pk(45, 6.0, False, 2))
+    assert [(a.kind, a.status) for a in resolved] == [("resolved", "resolved")]
+    assert e.now is None, "pk estimates do not move the session's event time"
+    assert e.on_pk(pk(50, 12.0, False, 3))[0].kind == "new"
+    assert [a.rule for a in e.on_event("session_end", T + 60)] == ["release_peak"]

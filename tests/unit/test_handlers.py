@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from isoperf.codec import decode, encode
-from isoperf.schemas import Event, Leakage, Reading, ReadingBatch
+from isoperf.schemas import Event, Leakage, Pk, Reading, ReadingBatch
+from services.acquisition.simulator import SimConfig, simulate
 from services.alerts.handler import AlertsHandler
 from services.alerts.rules import AlertRules
 from services.leakage.estimator import EstimatorParams
 from services.leakage.handler import LeakageHandler
+from services.pk.handler import PkHandler
 from services.recorder.handler import RecorderHandler
 from tests.fakes import TOPICS, FakePublisher, FakeWriter, deliver
 
@@ -138,3 +140,53 @@ async def test_recorder_confirms_journal_numbers_only_after_they_are_stored() ->
     assert len(writer.stored) == 4
     assert pub.sent == [("perfusion/or-1/s-1/stored", pub.sent[0][1])]
     assert decode(pub.sent[0][1])["seqs"] == [[3, 4]]
+
+
+async def test_alerts_handler_takes_the_pk_estimates_for_the_post_release_advisory(tmp_path: Path) -> None:
+    writer, pub = FakeWriter(), FakePublisher()
+    h = AlertsHandler(TOPICS, pub, writer, AlertRules(release_peak_ug_ml=8.0), tmp_path / "state.json")
+    pk = Pk(
+        t=T, release_peak_ug_ml=9.5, release_peak_low_ug_ml=6.0, release_peak_high_ug_ml=14.0, release_projected=True
+    )
+    await deliver(h, TOPICS.session("or-1", "s-1", "pk"), encode(pk))
+    sent = [decode(p) for _, p in pub.sent]
+    assert [(a["rule"], a["severity"], a["kind"]) for a in sent] == [("release_peak", "advisory", "new")]
+    await h.flush()
+    await h.close()
+
+
+async def test_pk_handler_publishes_the_post_release_curve_once_per_prediction() -> None:
+    s = simulate(SimConfig(), 3)
+    writer, pub = FakeWriter(), FakePublisher()
+    h = PkHandler(TOPICS, pub, writer, None)
+    await deliver(h, TOPICS.session("or-1", "s-1", "meta"), encode(s.meta))
+    for e in s.events[:5]:  # up to the drug start
+        await deliver(h, TOPICS.session("or-1", "s-1", "event"), encode(e))
+    curves = [decode(p) for topic, p in pub.sent if topic.endswith("/pk/release")]
+    assert len(curves) == 1 and curves[0]["projected"] is True and len(curves[0]["points"]) == 481
+    leak = Leakage(t=s.events[4].t + 20, state="monitoring", percent=0.0, ci_low=-0.1, ci_high=0.1)
+    await deliver(h, TOPICS.session("or-1", "s-1", "leakage"), encode(leak))
+    assert len([t for t, _ in pub.sent if t.endswith("/pk/release")]) == 1, "nothing new: not again"
+    await h.flush()
+    assert sum(line.startswith("pk_release,") for line in writer.stored) == 481
+
+
+async def test_alerts_handler_orders_the_pk_estimates_with_the_inputs_held(tmp_path: Path) -> None:
+    """A pk estimate waits behind the readings held for their leakage, and never holds them back."""
+    writer, pub = FakeWriter(), FakePublisher()
+    clock = [0.0]
+    h = AlertsHandler(
+        TOPICS, pub, writer, AlertRules(release_peak_ug_ml=8.0), tmp_path / "state.json", clock=lambda: clock[0]
+    )
+    counts = ReadingBatch(samples=[(T, 100.0)], dt=1.0)
+    await deliver(h, TOPICS.raw("or-1", "s-1", "counts"), encode(counts))  # held for its leakage
+    pk = Pk(t=T + 5, release_peak_ug_ml=9.5, release_projected=True)
+    await deliver(h, TOPICS.session("or-1", "s-1", "pk"), encode(pk))
+    assert pub.sent == [], "the estimate waits behind the counts held before it"
+    leak = Leakage(t=T + 10, state="background")
+    await deliver(h, TOPICS.session("or-1", "s-1", "leakage"), encode(leak))
+    sent = [decode(p) for _, p in pub.sent]
+    assert [(a["rule"], a["kind"], a["t"]) for a in sent] == [("release_peak", "new", T + 5)]
+    assert "late" not in sent[0] or not sent[0]["late"]
+    await h.flush()
+    await h.close()

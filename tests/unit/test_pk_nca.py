@@ -7,6 +7,7 @@ import math
 import pytest
 
 from services.pk import nca
+from services.pk.session import PkSession
 
 REL = 1e-9
 # A circuit profile in the style of the IHHP series (minutes, ug/mL): infusion, peak, decline.
@@ -83,3 +84,51 @@ def test_bad_profiles_are_refused() -> None:
         nca.profile([0.0, 0.0], [1.0, 2.0])
     with pytest.raises(ValueError, match="not negative"):
         nca.profile([0.0, 1.0], [1.0, -2.0])
+
+
+def test_post_release_nca_of_a_hand_checked_sample_set() -> None:
+    """Systemic samples of an IHHP, the clamps off at 31 min (minutes from the drug start, ug/mL):
+    during the isolation (20, 0.02) and (30, 0.03); after the release (33, 4.0), (36, 2.0),
+    (41, 1.0), (61, 0.5).
+
+    By hand. After the release: n = 4, Cmax 4.0 at Tmax 33 min (observed). The AUC after the
+    release starts at 31 min at the last concentration before it, 0.03 ug/mL:
+
+    * linear trapezoid: 31-33 (0.03 + 4.0) / 2 * 2 = 4.03; 33-36 (4 + 2) / 2 * 3 = 9.0;
+      36-41 (2 + 1) / 2 * 5 = 7.5; 41-61 (1 + 0.5) / 2 * 20 = 15.0; total 35.53 ug*min/mL;
+    * linear-up/log-down: 31-33 rises, linear 4.03; then each fall halves the concentration, so
+      each log trapezoid is (c1 - c2) dt / ln 2: (2 * 3 + 1 * 5 + 0.5 * 20) / ln 2 = 21 / ln 2
+      = 30.29659; total 34.32659 ug*min/mL.
+
+    During the isolation apart: n = 2, Cmax 0.03 at 30 min, AUC (linear, rising)
+    (0.02 + 0.03) / 2 * 10 = 0.25.
+    """
+    t = [20.0, 30.0, 33.0, 36.0, 41.0, 61.0]
+    c = [0.02, 0.03, 4.0, 2.0, 1.0, 0.5]
+    after = nca.after_release(t, c, 31.0)
+    assert after is not None
+    assert (after.n, after.cmax, after.tmax) == (4, 4.0, 33.0)
+    assert after.auc_linear == pytest.approx(35.53, rel=REL)
+    assert after.auc_linlog == pytest.approx(4.03 + 21 / math.log(2), rel=REL)
+    assert after.auc_linlog == pytest.approx(34.32659, abs=1e-5)
+    during = nca.profile(t[:2], c[:2])
+    assert (during.n, during.cmax, during.tmax) == (2, 0.03, 30.0)
+    assert during.auc_linlog == pytest.approx(0.25, rel=REL)
+    # The same, through the pk session's NCA of a session's samples: kept apart, and the ratios
+    # over their stated windows (regional: 0, 60, 45, 30 ug/mL at 0, 10, 20, 30 min).
+    ct, cc = [0.0, 10.0, 20.0, 30.0], [0.0, 60.0, 45.0, 30.0]
+    out = PkSession._nca_apart(ct, cc, t, c, 31.0)
+    assert out["n_systemic_isolation"] == 2 and out["n_systemic_release"] == 4
+    assert out["cmax_systemic_release"] == 4.0 and out["tmax_systemic_release_min"] == 33.0
+    assert out["auc_systemic_release"] == pytest.approx(34.32659, abs=1e-5)
+    assert out["auc_systemic_release_linear"] == pytest.approx(35.53, rel=REL)
+    regional = 300 + 15 * 10 / math.log(60 / 45) + 15 * 10 / math.log(45 / 30)
+    # Isolation window: 0 to 30 min (the last samples of both sites before 31); the systemic
+    # profile starts from 0 at the drug start: 0-20 (0 + 0.02) / 2 * 20 = 0.2, 20-30 0.25.
+    assert out["ratio_isolation_end_min"] == 30.0
+    assert out["auc_ratio_isolation"] == pytest.approx(regional / 0.45, rel=REL)
+    # Exposure: the regional AUC over the isolation against the systemic AUC from 0 to 61 min:
+    # 0.2 + 0.25 + (0.03 + 4.0) / 2 * 3 + 21 / ln 2.
+    assert out["ratio_exposure_end_min"] == 61.0
+    assert out["auc_ratio_exposure"] == pytest.approx(regional / (0.45 + 6.045 + 21 / math.log(2)), rel=REL)
+    assert nca.after_release([10.0], [0.1], 31.0) is None

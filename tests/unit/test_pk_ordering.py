@@ -4,6 +4,9 @@ stopped for minutes) ends with the same stored estimates as one whose leakage ca
 from __future__ import annotations
 
 import asyncio
+import functools
+
+import pytest
 
 from isoperf.codec import encode
 from isoperf.schemas import Leakage
@@ -16,10 +19,17 @@ LEAKAGE_LAG_S = 0.5  # the leakage service's usual delay after the counts
 HOLD_S = 30.0
 
 
-def inputs(outage: tuple[float, float] | None) -> list[tuple[float, str, bytes]]:
+STEADY = SimConfig(leak=LeakScenario(kind="steady", rate_pct_min=0.05))
+# The clamps come off 3 s after a leakage point that starts an interval (a 1010 mL washout at 200 mL/min):
+# the estimate there is not one of those at the leakage points.
+OFF_THE_INTERVAL = SimConfig(leak=LeakScenario(kind="steady", rate_pct_min=0.05), washout_ml=1010.0)
+
+
+def inputs(
+    outage: tuple[float, float] | None, until_s: float = 1200.0, cfg: SimConfig = STEADY
+) -> list[tuple[float, str, bytes]]:
     """(arrival time, kind, payload) of a simulated session's pk inputs; during ``outage`` (from,
     minutes) no leakage comes, and what it would have sent comes at its end."""
-    cfg = SimConfig(leak=LeakScenario(kind="steady", rate_pct_min=0.05))
     s = simulate(cfg, 4)
     out: list[tuple[float, str, bytes]] = [(cfg.start_t, "meta", encode(s.meta))]
     out += [(e.t, "event", encode(e)) for e in s.events]
@@ -29,23 +39,27 @@ def inputs(outage: tuple[float, float] | None) -> list[tuple[float, str, bytes]]
         if outage is not None and outage[0] <= t < outage[0] + outage[1] * 60:
             arrived = outage[0] + outage[1] * 60  # restarted, it sends its backlog first, in order
         out.append((arrived, "leakage", encode(Leakage(t=t, state="monitoring", percent=pct))))
-    until = cfg.start_t + cfg.drug_start_at_s + 1200.0  # 20 minutes of drug: two lab results come in it
+    until = cfg.start_t + cfg.drug_start_at_s + until_s  # by default 20 minutes of drug: two lab results come in it
     return sorted((x for x in out if x[0] < until), key=lambda x: x[0])
 
 
-def stored_by_time(lines: list[str]) -> dict[str, str]:
-    """The stored pk points, the later write of one time replacing the earlier (as InfluxDB does)."""
-    return {line.rsplit(" ", 1)[1]: line for line in lines}
+def _point(line: str) -> tuple[str, str]:
+    return line.split(",", 1)[0], line.rsplit(" ", 1)[1]  # measurement, time
 
 
-def first_by_time(lines: list[str]) -> dict[str, str]:
-    """The pk points as first sent, before any correction."""
-    return {line.rsplit(" ", 1)[1]: line for line in reversed(lines)}
+def stored_by_time(lines: list[str], measurement: str = "pk") -> dict[tuple[str, str], str]:
+    """The stored points, the later write of one time replacing the earlier (as InfluxDB does)."""
+    return {_point(line): line for line in lines if _point(line)[0] == measurement}
 
 
-def run(outage: tuple[float, float] | None) -> list[str]:
-    """Every pk line the handler stored, in order, with its clock following the arrivals."""
-    arrivals = inputs(outage)
+def first_by_time(lines: list[str], measurement: str = "pk") -> dict[tuple[str, str], str]:
+    """The points as first sent, before any correction."""
+    return {_point(line): line for line in reversed(lines) if _point(line)[0] == measurement}
+
+
+def run(outage: tuple[float, float] | None, until_s: float = 1200.0, cfg: SimConfig = STEADY) -> list[str]:
+    """Every line the handler stored, in order, with its clock following the arrivals."""
+    arrivals = inputs(outage, until_s, cfg)
     clock = [arrivals[0][0]]
     writer = FakeWriter()
     handler = PkHandler(TOPICS, FakePublisher(), writer, None, hold_s=HOLD_S, clock=lambda: clock[0])
@@ -72,3 +86,36 @@ def test_estimates_sent_before_the_leakage_came_are_corrected_to_those_of_a_sess
     assert stored_by_time(late) == stored_by_time(in_time)
     # The check can fail: as first sent, the estimates of the outage lacked the leakage.
     assert first_by_time(late) != stored_by_time(in_time)
+
+
+@functools.cache
+def _release_runs() -> tuple[list[str], list[str]]:
+    cfg = OFF_THE_INTERVAL
+    assert cfg.isolation_end_at_s % 15.0 == 3.0
+    # Until just before the first systemic sample after the release (its curve would replace the one before).
+    until_s = cfg.isolation_end_at_s - cfg.drug_start_at_s + 220.0
+    # Ten minutes without leakage from two minutes before the drug stop (the leak stops with the
+    # washout), past the clamps coming off: the leak's share of the release comes late.
+    return run(None, until_s, cfg), run((cfg.start_t + cfg.drug_stop_at_s - 120.0, 10.0), until_s, cfg)
+
+
+def test_the_post_release_curve_of_a_leakage_that_came_late_is_that_of_a_session_in_time() -> None:
+    in_time, late = _release_runs()
+    curve = stored_by_time(in_time, "pk_release")
+    assert len(curve) == 481  # every 30 s from the drug start
+    assert all("projected=false" in line for line in curve.values()), "the clamps are off: no longer projected"
+    assert stored_by_time(late, "pk_release") == curve
+    # The check can fail: as first sent, the curve after the release lacked the leak's share.
+    sent_late = [line for line in late if line.startswith("pk_release,")]
+    assert len(sent_late) > len([line for line in in_time if line.startswith("pk_release,")])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an estimate at a leakage point that came after later inputs were applied (the bound ran out) is "
+    "made from the session as it is then, those later inputs included (here the isolation's end): "
+    "the correction replaces only the systemic exposure from the leak",
+)
+def test_estimates_at_leakage_points_that_came_late_are_those_of_a_session_in_time() -> None:
+    in_time, late = _release_runs()
+    assert stored_by_time(late) == stored_by_time(in_time)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from isoperf.domain.melphalan import typical_release
 from services.acquisition.simulator import LeakScenario, SimConfig, simulate, true_count_rate
 
 
@@ -76,3 +77,27 @@ def test_the_leak_stops_when_the_circuit_is_washed_out() -> None:
     at_washout = truth[round(cfg.start_t + cfg.drug_stop_at_s, 3)]
     assert at_washout == pytest.approx(0.3 * (cfg.drug_stop_at_s - cfg.perfusion_dose_at_s - 180) / 60)
     assert truth[round(cfg.start_t + cfg.duration_s, 3)] == pytest.approx(at_washout)
+
+
+def test_each_seed_draws_a_patient_release_without_touching_the_counts() -> None:
+    a = simulate(SimConfig(), 3)
+    fixed = simulate(SimConfig(pk_release=typical_release("IHHP", 75.0)), 3)
+    assert a.readings == fixed.readings, "the patient's release comes from a stream of its own"
+    assert a.release_truth is not None and fixed.release_truth is not None
+    assert a.release_truth.release != fixed.release_truth.release
+    other = simulate(SimConfig(), 4).release_truth
+    assert other is not None and other.release != a.release_truth.release
+    # After the clamps come off the systemic samples are of the IHHP series' order (median peak
+    # 4.2 ug/mL), during the isolation without a leak they are nil.
+    end = a.config.start_t + a.config.isolation_end_at_s
+    systemic = [(x.t, x.melphalan_ug_ml) for _, x in a.samples if x.site == "systemic"]
+    assert all(c == 0.0 for t, c in systemic if t < end)
+    assert 1.0 < max(c for t, c in systemic if t >= end) < 20.0
+    peak, at = a.release_truth.peak()
+    assert end < at < end + 180 and a.release_truth.systemic([at])[0] == pytest.approx(peak)
+
+
+def test_a_bolus_is_announced_as_one() -> None:
+    s = simulate(SimConfig(drug_mode="bolus"), 0)
+    start = next(e for e in s.events if e.type == "drug_start")
+    assert start.mode == "bolus" and start.duration_s is None
