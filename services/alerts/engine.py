@@ -118,7 +118,9 @@ class SessionAlerts:
             c.pump_on_t = t
             if c.isolation_t is None:
                 c.isolation_t = t  # no isolation_start event: the pump starting marks it
-        if c.pump_on_t is not None and not c.pump_done and signal in LIMITED_SIGNALS:
+        # Armed from the pump's start on, by event time: a reading from before it that comes late
+        # (after the leakage service was behind for longer than the hold) is not a circuit alarm.
+        if c.pump_on_t is not None and t >= c.pump_on_t and not c.pump_done and signal in LIMITED_SIGNALS:
             out += self._limits(signal, t, v)
             if signal == "reservoir":
                 out += self._reservoir_drop(t, v)

@@ -29,6 +29,16 @@ def pumping(e: SessionAlerts, start: float, end: float, **signals: float) -> lis
     return [a for t in range(int(start), int(end)) for s, v in values.items() for a in e.on_reading(s, T + t, v)]
 
 
+def test_readings_from_before_the_pump_started_that_come_late_raise_no_circuit_alarm() -> None:
+    """After the leakage service was behind for longer than the hold, inputs go on without it, and
+    the readings of another signal may come after a later flow reading armed the limits."""
+    e = SessionAlerts("s", AlertRules(pressure_for_s=15))
+    assert pumping(e, 300, 330) == []  # the pump runs from t = 300 on
+    assert e.circuit.pump_on_t == T + 300
+    assert pumping(e, 100, 200, flow=0.0, pressure=4.0, reservoir=0.0) == []  # late, from before
+    assert kinds(pumping(e, 330, 360, pressure=4.0)) == [("pressure_low", "new")]  # armed still
+
+
 def test_circuit_limits_fire_after_their_for_duration_and_resolve_after_as_long_inside() -> None:
     e = SessionAlerts("s", AlertRules(flow_min=30, flow_for_s=15))
     assert pumping(e, 0, 60, flow=0.0) == [], "limits wait for the pump to start"
