@@ -160,7 +160,7 @@ class PkHandler(Handler):
         if isinstance(body, Event):
             return self._emit(key, sess, body.t) if sess.add_event(body) else 0
         if isinstance(body, LabSample):
-            sess.add_sample(body)
+            sess.add_sample(body, r.t)
             return self._emit(key, sess, r.t)
         if body.percent is None:
             return 0
@@ -206,16 +206,18 @@ class PkHandler(Handler):
         if t <= self._quiet_until.get(key, -math.inf):
             self._release_curve(key, sess, t, quiet=True)  # stored then: what a new one is compared with
             return 0
-        pk = sess.estimate(t)
+        # A late leakage point, after inputs past it went on without it: the session as it stood then.
+        view = sess if sess.latest_input() <= t else sess.as_of(t)
+        pk = view.estimate(t)
         if pk is None:
             return 0
         self._send(key, pk)
         self._release_curve(key, sess, t)
         order = self._order(key)
-        basis = sess.leak_basis()
+        basis = view.leak_basis()
         if order.behind(t) and basis is not None:
             pending = self.uncorrected.setdefault(key, {})
-            release, revision = sess.release_basis(), sess.release_key()
+            release, revision = view.release_basis(), view.release_key()
             pending[t] = _Sent(
                 pk,
                 basis,

@@ -27,6 +27,7 @@ it, and the regional/systemic ratios over stated windows (``_nca``).
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,6 +89,7 @@ class PkSession:
     meta: SessionMeta | None = None
     events: dict[str, Event] = field(default_factory=dict)  # first of each type
     samples: dict[str, LabSample] = field(default_factory=dict)  # by sample id: a correction replaces
+    entered: dict[str, float] = field(default_factory=dict)  # when each sample entered (its report time)
     leak_t: list[float] = field(default_factory=list)
     leak_pct: list[float] = field(default_factory=list)
     _fit: Fit | None = None
@@ -113,9 +115,29 @@ class PkSession:
         self._invalidate()
         return True
 
-    def add_sample(self, s: LabSample) -> None:
-        self.samples[s.sample_id or f"{s.site}@{s.t:.3f}"] = s
+    def add_sample(self, s: LabSample, at: float | None = None) -> None:
+        """Record a lab result that entered the session at event time ``at`` (its report; default: drawn)."""
+        key = s.sample_id or f"{s.site}@{s.t:.3f}"
+        self.samples[key] = s
+        self.entered[key] = s.t if at is None else at
         self._invalidate()
+
+    def latest_input(self) -> float:
+        """The event time of the latest event or lab result."""
+        return max([*(e.t for e in self.events.values()), *self.entered.values()], default=-math.inf)
+
+    def as_of(self, t: float) -> PkSession:
+        """The session as it stood at event time ``t``: its events up to ``t`` and the lab results
+        entered by then (to estimate ``t`` when later inputs went on without waiting for the leakage)."""
+        kept = {k: at for k, at in self.entered.items() if at <= t}
+        return PkSession(
+            meta=self.meta,
+            events={k: e for k, e in self.events.items() if e.t <= t},
+            samples={k: self.samples[k] for k in kept},
+            entered=kept,
+            leak_t=self.leak_t,
+            leak_pct=self.leak_pct,
+        )
 
     def add_leakage(self, t: float, percent: float) -> None:
         i = bisect.bisect_left(self.leak_t, t)
