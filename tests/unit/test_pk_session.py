@@ -124,3 +124,22 @@ def test_a_malformed_row_imports_nothing_and_is_named(bad_row: str, message: str
 def test_a_header_without_the_columns_is_refused() -> None:
     with pytest.raises(SampleFileError, match="missing column"):
         read_csv(io.StringIO("time,where,value\n1,circuit,2\n"), ZoneInfo("UTC"))
+
+
+def test_the_session_as_it_stood_at_a_time_leaves_out_what_entered_after_it() -> None:
+    s = simulate(SimConfig(), 5)
+    arrivals = sorted(s.samples, key=lambda x: x[0])  # (report time, sample)
+    half = arrivals[len(arrivals) // 2][0] - 1.0
+    whole = PkSession(meta=s.meta)
+    then = PkSession(meta=s.meta)
+    for e in s.events:
+        whole.add_event(e)
+        if e.t <= half:
+            then.add_event(e)
+    for at, x in arrivals:
+        whole.add_sample(x, at)
+        if at <= half:
+            then.add_sample(x, at)
+    assert whole.latest_input() > half
+    assert whole.as_of(half).estimate(half) == then.estimate(half)
+    assert whole.estimate(half) != then.estimate(half)  # the check can fail: later results change it
