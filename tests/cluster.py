@@ -28,6 +28,28 @@ class AmqpServiceProcess(ServiceProcess):
         pytest.fail(f"{self.name} did not connect to the cluster:\n{self.output()}")
 
 
+class WatchProcess(AmqpServiceProcess):
+    """``isoperf topology watch``: the alarm for theatres without a binding."""
+
+    def start(self) -> ServiceProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "isoperf.tools.cli", "topology", "watch"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def wait_online(self, stack: LocalStack, timeout: float = 60.0) -> ServiceProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive():
+            if "watching isoperf.unbound" in self.output():
+                return self
+            time.sleep(0.1)
+        pytest.fail(f"the watch did not start:\n{self.output()}")
+
+
 class ClusterServices(ServiceSet):
     """Consumers over AMQP on ``cluster`` (InfluxDB from ``stack``); gateways over MQTT to a node."""
 
@@ -39,6 +61,12 @@ class ClusterServices(ServiceSet):
 
     def consumer(self, name: str, **extra: str) -> ServiceProcess:
         return self.start(name, **self.cluster.env(), **extra)
+
+    def watcher(self) -> ServiceProcess:
+        env = {**os.environ, **self.stack.env(), **self.cluster.env(), "ISOPERF_INSTANCE": "watch"}
+        sp = WatchProcess("topology", env, self.directory / f"watch-{len(self.started)}.log").start()
+        self.started.append(sp)
+        return sp.wait_online(self.stack)
 
     def gateway(self, node: int, theatre: str, session: str, **extra: str) -> ServiceProcess:
         """A simulated theatre's gateway publishing MQTT to one node of the cluster."""

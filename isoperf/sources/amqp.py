@@ -47,7 +47,7 @@ PARTITIONED = ("leakage", "pk", "alerts")
 THEATRES_EXCHANGE = "isoperf.theatres"
 UNBOUND_EXCHANGE = "isoperf.unbound"
 UNBOUND_QUEUE = "isoperf.unbound"
-_QUORUM: FieldTable = {"x-queue-type": "quorum"}
+QUORUM: FieldTable = {"x-queue-type": "quorum"}
 _ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
 
 
@@ -98,7 +98,7 @@ async def declare_routing(channel: AbstractChannel, root: str, partitions: int, 
     ``theatres``: theatre -> partition."""
     source = await channel.get_exchange("amq.topic", ensure=False)
     unbound = await channel.declare_exchange(UNBOUND_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
-    queue = await channel.declare_queue(UNBOUND_QUEUE, durable=True, arguments=_QUORUM)
+    queue = await channel.declare_queue(UNBOUND_QUEUE, durable=True, arguments=QUORUM)
     await queue.bind(unbound)
     hub = await channel.declare_exchange(
         THEATRES_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True, arguments={"alternate-exchange": UNBOUND_EXCHANGE}
@@ -120,7 +120,7 @@ async def declare_service(
     """The queues of one consumer and their bindings (idempotent); the queues, partition by partition."""
     keys = [binding_key(s) for s in subscriptions]
     if service not in PARTITIONED:
-        queue = await channel.declare_queue(service_queue(service), durable=True, arguments=_QUORUM)
+        queue = await channel.declare_queue(service_queue(service), durable=True, arguments=QUORUM)
         source = await channel.get_exchange("amq.topic", ensure=False)
         for key in keys:
             await queue.bind(source, key)
@@ -129,7 +129,7 @@ async def declare_service(
     for i in range(partitions):
         exchange = await channel.declare_exchange(partition_exchange(i), aio_pika.ExchangeType.TOPIC, durable=True)
         queue = await channel.declare_queue(
-            service_queue(service, i), durable=True, arguments={**_QUORUM, "x-single-active-consumer": True}
+            service_queue(service, i), durable=True, arguments={**QUORUM, "x-single-active-consumer": True}
         )
         for key in keys:
             await queue.bind(exchange, key)
