@@ -108,6 +108,12 @@ def alert_line(theatre: str, session: str, a: Alert) -> str:
     return line("alert", _tags(theatre, session, rule=a.rule, severity=a.severity), fields, a.t)
 
 
+def alert_state_line(theatre: str, session: str, state: str, t: float) -> str:
+    """A session's alert state (JSON), for another instance to carry on from (one point a session:
+    each write at the same ``t`` replaces the last)."""
+    return line("alert_state", _tags(theatre, session), {"state": state}, t)
+
+
 def alert_ack_line(theatre: str, session: str, ack: AlertAck, matched: bool) -> str:
     """Extension: every acknowledgement, ``matched`` false when no such alert was firing."""
     fields: dict[str, FieldValue] = {"id": ack.id, "acknowledged_by": ack.by, "matched": matched}

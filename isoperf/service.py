@@ -42,6 +42,15 @@ def source_for(settings: ServiceSettings, service: str, *, announce: bool = True
     return MqttSource(settings, f"isoperf-{service}-{settings.instance}", will, persistent=persistent)
 
 
+def consumer_source_for(settings: ServiceSettings, service: str) -> Source:
+    """A consumer's source: MQTT on Mosquitto, or AMQP on a RabbitMQ cluster (``ISOPERF_TRANSPORT``)."""
+    if settings.transport == "amqp":
+        from isoperf.sources.amqp import AmqpSource  # aio-pika only where the cluster is used
+
+        return AmqpSource(settings, service)
+    return source_for(settings, service)
+
+
 async def run_consumer(service: str, settings: S, make_handler: Callable[[S, Wiring], Handler]) -> None:
     """Run a consumer until SIGTERM/SIGINT: connect, handle, store, acknowledge; then drain and exit."""
     stop = asyncio.Event()
@@ -51,7 +60,7 @@ async def run_consumer(service: str, settings: S, make_handler: Callable[[S, Wir
         writer = InfluxWriter(influx)
         link = Link()
         handler = make_handler(settings, Wiring(Topics(settings.mqtt_root), link, influx, writer))
-        loop = ServiceLoop(settings, service, source_for(settings, service), handler=handler, link=link)
+        loop = ServiceLoop(settings, service, consumer_source_for(settings, service), handler=handler, link=link)
         log.info("%s starting (instance %s)", service, settings.instance)
         await loop.run(stop)
         log.info(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +43,23 @@ class ServiceSettings(BaseSettings):
     mqtt_cert_file: Path | None = None
     mqtt_key_file: Path | None = None
 
+    # How consumers reach the broker: MQTT on Mosquitto (the default), or AMQP on a RabbitMQ cluster
+    # (docs/scaling.md). Gateways and operators' tools always speak MQTT.
+    transport: Literal["mqtt", "amqp"] = "mqtt"
+    # The cluster's nodes, tried in turn (comma-separated amqp:// or amqps:// URLs).
+    amqp_urls: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # For amqps:// URLs: the CA that signed the nodes' certificates (default: the system's store);
+    # the certificate and the node's name are always verified.
+    amqp_ca_file: Path | None = None
+    # How many messages a consumer may hold unacknowledged (the AMQP prefetch).
+    amqp_prefetch: int = Field(default=1000, ge=1)
+    # The partitions of the theatres (isoperf.partition): the same number for the topology and every service.
+    amqp_partitions: int = Field(default=8, ge=1, le=1024)
+    # This instance's share of the partitions, "INDEX/COUNT": it takes the partitions p with p % COUNT == INDEX
+    # first, and stands by for the others after ``amqp_standby_delay_s``.
+    amqp_share: str = Field(default="0/1", pattern=r"^[0-9]+/[1-9][0-9]*$")
+    amqp_standby_delay_s: float = Field(default=2.0, ge=0.0)
+
     influx_url: str = "http://127.0.0.1:8086"
     influx_database: str = "perfusion"
     influx_username: str | None = None
@@ -75,6 +92,20 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     # The hospital's time zone (IANA name), for local wall times in reports and listings.
     timezone: str = "UTC"
+
+    def amqp_url_list(self) -> list[str]:
+        return [u.strip() for u in self.amqp_urls.split(",") if u.strip()]
+
+    def amqp_share_of(self) -> tuple[int, int]:
+        index, count = (int(x) for x in self.amqp_share.split("/"))
+        return index, count
+
+    @model_validator(mode="after")
+    def _share_in_range(self) -> Self:
+        index, count = self.amqp_share_of()
+        if index >= count:
+            raise ValueError(f"ISOPERF_AMQP_SHARE {self.amqp_share!r}: the index must be below the count")
+        return self
 
     @model_validator(mode="after")
     def _partition_in_range(self) -> Self:

@@ -96,6 +96,8 @@ class ServiceProcess:
 class ServiceSet:
     """Starts service processes against one stack; ``stop_all`` stops those still running."""
 
+    process_class: type[ServiceProcess] = ServiceProcess
+
     def __init__(self, stack: LocalStack, directory: Path) -> None:
         self.stack, self.directory = stack, directory
         self.started: list[ServiceProcess] = []
@@ -110,7 +112,7 @@ class ServiceSet:
             "ISOPERF_INSTANCE": f"t{uuid.uuid4().hex[:6]}",
             **extra,
         }
-        sp = ServiceProcess(name, env, self.directory / f"{name}-{len(self.started)}.log").start()
+        sp = self.process_class(name, env, self.directory / f"{name}-{len(self.started)}.log").start()
         self.started.append(sp)
         if name != "acquisition":
             sp.wait_online(self.stack)

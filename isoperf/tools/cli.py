@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from isoperf.tools import boards, brokerconf, demo, devcerts, health, replay, review_cli, stack
+from isoperf.tools import boards, brokerconf, cluster, demo, devcerts, health, replay, review_cli, stack, topology
 from services.acquisition import commands as acquisition_commands
 from services.alerts import commands as alerts_commands
 from services.leakage import commands as leakage_commands
@@ -33,6 +33,8 @@ REGISTERS: tuple[Register, ...] = (
     health.register,
     brokerconf.register,
     devcerts.register,
+    cluster.register,
+    topology.register,
 )
 
 

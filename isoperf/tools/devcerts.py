@@ -6,7 +6,7 @@ Writes, into one directory:
 
 * ``ca.crt`` / ``ca.key``: the CA (``ca.key`` never leaves the machine that made it);
 * ``server.crt`` / ``server.key``: one server certificate for every name given
-  (``mosquitto``, ``influxdb``, ``grafana``, ``localhost``, ``127.0.0.1`` by default);
+  (``mosquitto``, ``influxdb``, ``grafana``, ``rabbitmq-1..3``, ``localhost``, ``127.0.0.1`` by default);
 * ``gateway-{theatre}.crt`` / ``.key`` for each theatre: a client certificate whose common name is
   the gateway's broker user, for the listener that authenticates gateways by certificate.
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 from isoperf.partition import read_theatres
 
-SERVER_NAMES = ("mosquitto", "influxdb", "grafana", "localhost", "127.0.0.1")
+SERVER_NAMES = ("mosquitto", "influxdb", "grafana", "rabbitmq-1", "rabbitmq-2", "rabbitmq-3", "localhost", "127.0.0.1")
 
 
 @dataclass(frozen=True)

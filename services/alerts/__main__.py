@@ -25,6 +25,8 @@ def main() -> None:
             notifier,
             own_name=f"alerts/{settings.instance}",
             hold_s=settings.alerts_hold_s,
+            # On a cluster, another instance may take a session over: its state is kept in InfluxDB.
+            shared=wiring.influx if settings.transport == "amqp" else None,
         )
 
     main_for("alerts", AlertsSettings, make)

@@ -34,10 +34,11 @@ from typing import Any
 
 from isoperf.codec import encode
 from isoperf.eventtime import EventTimeOrder, Released
-from isoperf.influx import LineSink
+from isoperf.influx import LineSink, RowReader
 from isoperf.messages import Inbound, Readings, ServiceStatus
 from isoperf.outbox import Emitter
-from isoperf.points import alert_ack_line, alert_line, alert_silence_line
+from isoperf.points import alert_ack_line, alert_line, alert_silence_line, alert_state_line
+from isoperf.queries import session_where
 from isoperf.schemas import (
     Alert,
     AlertAck,
@@ -96,6 +97,7 @@ class AlertsHandler:
         tick_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         hold_s: float = HOLD_S,
+        shared: RowReader | None = None,
     ) -> None:
         self.topics, self.writer = topics, writer
         self.emitter = Emitter(publisher, writer)
@@ -117,7 +119,13 @@ class AlertsHandler:
         self._received: dict[Key, dict[str, float]] = {}  # wall clock of each signal's last reading
         self._flush_lock = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
-        self._load()
+        # Shared state (partitions on a cluster): each session's state is stored in InfluxDB with its
+        # alerts, and an instance that takes a session over carries on from it; no state file then.
+        self.shared = shared
+        self._dirty: set[Key] = set()
+        self._state_t: dict[Key, float] = {}
+        if shared is None:
+            self._load()
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -125,6 +133,8 @@ class AlertsHandler:
         self._ticker = asyncio.create_task(self._tick_forever())
 
     async def handle(self, message: Inbound) -> None:
+        if self.shared is not None and not isinstance(message.body, ServiceStatus):
+            await self._adopt(message.key)
         if isinstance(message.body, ServiceStatus):
             self._emit_many(self._on_status(message.body))
         else:
@@ -255,6 +265,7 @@ class AlertsHandler:
         return sum(self._apply(key, r) for r in released)
 
     def _apply(self, key: Key, r: Released[Ordered]) -> int:
+        self._dirty.add(key)
         engine = self.sessions.get(key)
         if engine is None:
             return 0  # released (ended) while this was held
@@ -278,7 +289,53 @@ class AlertsHandler:
         self._emit(key, alerts)
         return len(alerts)
 
+    async def _adopt(self, key: Key) -> None:
+        """A session this instance has not seen: carry on from the state another instance stored."""
+        assert self.shared is not None
+        if key in self.sessions or key in self.ended or key in self._state_t:
+            return
+        self._state_t[key] = 0.0  # looked up: not again
+        got = await self.shared.rows(f"SELECT last(state) AS state FROM alert_state WHERE {session_where(*key)}")
+        if not got:
+            return
+        state = json.loads(str(got[0]["state"]))
+        self._state_t[key] = got[0]["time"] / 1000.0
+        if state.get("ended"):
+            self.ended.append(key)
+            return
+        self.sessions[key] = from_state(state["engine"])
+        self._last_input[key] = self.clock()
+        self._received[key] = dict.fromkeys(self.sessions[key].last_seen, self.clock())
+        if state.get("thresholds"):
+            self.thresholds[key] = state["thresholds"]
+        if state.get("order"):
+            self._restore_order(key, state["order"])
+        log.info("%s/%s taken over: %d alerts firing", *key, len(self.sessions[key].firing))
+
+    def _shared_lines(self) -> list[str]:
+        """The state of every session changed since the last flush, as points (taken before any await)."""
+        lines = []
+        for key in self._dirty:
+            engine = self.sessions.get(key)
+            if engine is None and key not in self.ended:
+                continue
+            t = self._state_t.get(key) or (engine.now if engine is not None and engine.now else time.time())
+            self._state_t[key] = t
+            if engine is None:
+                state: dict[str, object] = {"ended": True}
+            else:
+                order = self.orders.get(key)
+                state = {
+                    "engine": to_state(engine),
+                    "thresholds": self.thresholds.get(key),
+                    "order": _order_state(key, order) if order is not None else None,
+                }
+            lines.append(alert_state_line(*key, json.dumps(state), t))
+        self._dirty.clear()
+        return lines
+
     def _engine(self, key: Key) -> SessionAlerts:
+        self._dirty.add(key)
         engine = self.sessions.get(key)
         if engine is None:
             engine = SessionAlerts(key[1], self.rules.with_thresholds(self.thresholds.get(key)))
@@ -316,6 +373,7 @@ class AlertsHandler:
 
     def _emit_many(self, alerts: list[tuple[Key, Alert]]) -> None:
         for key, alert in alerts:
+            self._dirty.add(key)
             self.emitter.emit(self.topics.session(*key, "alert"), encode(alert), [alert_line(*key, alert)])
             if self.notifier is not None and not alert.silenced:
                 self.notifier.notify(Notice(key[0], key[1], alert))  # queued per channel: never waits
@@ -324,6 +382,10 @@ class AlertsHandler:
         async with self._flush_lock:
             self._release_ended()
             # The state as of now, before any await: what it holds is stored by this flush.
+            if self.shared is not None:
+                self.writer.add(self._shared_lines())
+                await self.emitter.flush()
+                return
             state = self._state()
             await self.emitter.flush()
             self._save(state)
@@ -385,6 +447,7 @@ class AlertsHandler:
             self._received.pop(key, None)
             self.thresholds.pop(key, None)
             self.ended.append(key)
+            self._dirty.add(key)
             log.info("session %s/%s ended: released", *key)
 
     # -- state ---------------------------------------------------------------------------------
