@@ -32,6 +32,8 @@ class ServiceSettings(BaseSettings):
     mqtt_password: SecretStr | None = None
     mqtt_root: str = "perfusion"
     mqtt_keepalive_s: int = Field(default=30, ge=5)
+    # MQTT 5 (the default), or 3.1.1 for a broker without MQTT 5 (RabbitMQ 3.10's MQTT plugin).
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
     # MQTT 5 Receive Maximum: unacknowledged messages the broker may have in flight to a service.
     # A batch is acknowledged once stored, so this bounds the batch; keep it above flush_max_messages.
     mqtt_receive_maximum: int = Field(default=4000, ge=1, le=65535)

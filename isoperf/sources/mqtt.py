@@ -16,6 +16,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -131,6 +132,17 @@ class MqttSource:
         self.name = broker_name(settings)
         self._tls = tls_context(settings)
 
+    def _session_options(self) -> dict[str, Any]:
+        """MQTT 5: a clean start or not, the Receive Maximum and the session kept; MQTT 3.1.1 (a broker
+        without MQTT 5): a persistent session, and the broker's own in-flight limit."""
+        if self.settings.mqtt_protocol == "3.1.1":
+            return {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": not self.persistent}
+        return {
+            "protocol": aiomqtt.ProtocolVersion.V5,
+            "clean_start": not self.persistent,
+            "properties": self._connect_properties(),
+        }
+
     def _connect_properties(self) -> Properties:
         props = _properties(PacketTypes.CONNECT)
         # How many unacknowledged QoS 1 messages the broker may send before waiting for acks.
@@ -148,9 +160,7 @@ class MqttSource:
             username=s.mqtt_username,
             password=_password(s),
             identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=not self.persistent,
-            properties=self._connect_properties(),
+            **self._session_options(),
             keepalive=s.mqtt_keepalive_s,
             will=aiomqtt.Will(self.will_topic, b"offline", qos=1, retain=True) if self.will_topic else None,
             max_inflight_messages=100,

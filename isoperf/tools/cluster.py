@@ -88,6 +88,7 @@ class LocalCluster:
             "ISOPERF_AMQP_URLS": ",".join(self.amqp_urls),
             "ISOPERF_MQTT_HOST": self.host,
             "ISOPERF_MQTT_PORT": str(self.nodes[0].mqtt_port),
+            "ISOPERF_MQTT_PROTOCOL": "3.1.1",  # RabbitMQ 3.10's MQTT plugin speaks no MQTT 5
         }
 
     # -- configuration -----------------------------------------------------------------
