@@ -23,13 +23,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from isoperf.tools.stack import StackError, find_binary, free_port
+from isoperf.tools.stack import StackError, find_binary, free_port, serve_until_signalled
 
 _SCRIPT_GLOB = "/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin/"
 INSTALL_HINT = "install it with: sudo apt-get install rabbitmq-server   (or run scripts/bootstrap as root)"
@@ -318,11 +317,4 @@ def _run_cluster(args: argparse.Namespace) -> int:
     for k, v in cluster.env().items():
         print(f"  export {k}={v}")
     print("Ctrl-C (or SIGTERM) stops every node.")
-    stopped = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopped.set())
-    try:
-        stopped.wait()
-    finally:
-        cluster.stop()
-    return 0
+    return serve_until_signalled(cluster.stop)

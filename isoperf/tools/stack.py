@@ -362,11 +362,16 @@ def _run_stack(args: argparse.Namespace) -> int:
     for k, v in stack.env().items():
         print(f"  export {k}={v}")
     print("Ctrl-C (or SIGTERM) stops both.")
+    return serve_until_signalled(stack.stop)
+
+
+def serve_until_signalled(stop: Callable[[], None]) -> int:
+    """Wait for SIGINT or SIGTERM, then ``stop``: what ``isoperf stack`` and ``isoperf cluster`` run."""
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())
     try:
         stopped.wait()
     finally:
-        stack.stop()
+        stop()
     return 0
