@@ -294,7 +294,9 @@ def kept(deadletter_dir: Path, service: str) -> dict[tuple[str, int, str], str]:
     path = deadletter_dir / f"{service}.jsonl"
     out: dict[tuple[str, int, str], str] = {}
     if path.exists():
-        for line in path.read_text().splitlines():
+        text = path.read_text()
+        # Only whole lines: the service may be writing the last one while it is read.
+        for line in text[: text.rfind("\n") + 1].splitlines():
             r = json.loads(line)
             out[r["topic"], r["size"], hashlib.sha256(base64.b64decode(r["payload_b64"])).hexdigest()] = r["reason"]
     return out
