@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from isoperf.queries import session_where
-from isoperf.tools.stack import LocalStack
+from isoperf.queries import pk_differences, pk_series, session_where
+from isoperf.tools.stack import LocalStack, spawn_service
 
 START_T = 1_767_225_600.0
 SERVICES = ("recorder", "leakage", "alerts", "pk")
@@ -29,17 +27,13 @@ N_COUNTS = 3960
 
 def spawn(stack: LocalStack, name: str, logs: Path, **extra: str) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
         **stack.env(),
         "ISOPERF_INSTANCE": "pace",
         "ISOPERF_ALERTS_STATE_FILE": str(logs / "alerts-state.json"),
         "ISOPERF_JOURNAL_DIR": str(logs / "journal"),
         **extra,
     }
-    with (logs / f"{name}-{extra.get('ISOPERF_THEATRE', '')}.log").open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "isoperf.tools.cli", name], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+    return spawn_service(name, env, logs / f"{name}-{extra.get('ISOPERF_THEATRE', '')}.log")
 
 
 def alarms(stack: LocalStack, theatre: str, session: str) -> list[tuple[str, str, str, int, float]]:
@@ -52,26 +46,6 @@ def alarms(stack: LocalStack, theatre: str, session: str) -> list[tuple[str, str
             continue
         episode = episodes.setdefault(str(r["id"]), len(episodes) + 1)
         out.append((str(r["rule"]), str(r["severity"]), str(r["kind"]), episode, float(r["time"]) / 1000.0))
-    return out
-
-
-def pk(stack: LocalStack, theatre: str, session: str) -> dict[Any, dict[str, Any]]:
-    """The stored estimates by time, without the theatre tag (the two plays differ only in it)."""
-    rows = stack.rows(f"SELECT * FROM pk WHERE {session_where(theatre, session)}")
-    return {r.pop("time"): {k: v for k, v in r.items() if k != "theatre"} for r in rows}
-
-
-def pk_differences(a: dict[Any, dict[str, Any]], b: dict[Any, dict[str, Any]]) -> list[str]:
-    """Where two pk series differ: times in one only, and fields that differ at a common time."""
-    out = [
-        f"t {(t / 1000 - START_T):.1f} s: only in the {'paced' if t in a else 'fast'} play"
-        for t in sorted(a.keys() ^ b.keys())
-    ]
-    for t in sorted(a.keys() & b.keys()):
-        fields = sorted(k for k in a[t].keys() | b[t].keys() if a[t].get(k) != b[t].get(k))
-        if fields:
-            shown = ", ".join(f"{k} {a[t].get(k)} vs {b[t].get(k)}" for k in fields[:4])
-            out.append(f"t {(t / 1000 - START_T):.1f} s: {shown}")
     return out
 
 
@@ -117,7 +91,7 @@ def main() -> None:
                 time.sleep(2)
             time.sleep(40)  # inputs held after the session's last leakage point go after the hold bound
             found = [alarms(stack, f"pace-{i}", "pace") for i in range(2)]
-            series = [pk(stack, f"pace-{i}", "pace") for i in range(2)]
+            series = [pk_series(stack, f"pace-{i}", "pace") for i in range(2)]
         finally:
             for p in procs:
                 p.terminate()
@@ -132,7 +106,7 @@ def main() -> None:
     apart = max((abs(a[4] - b[4]) for a, b in zip(paced, fast, strict=False)), default=0.0)
     print(f"  same rule, severity, kind, episode: {same}; largest event-time difference {apart:.3f} s")
     print(f"  pk series equal: {series[0] == series[1]} ({len(series[0])} and {len(series[1])} estimates)")
-    for line in pk_differences(*series)[:12]:
+    for line in pk_differences(series[0], series[1], names=("paced play", "fast play"))[:12]:
         print(f"    {line}")
     if not same or apart > 1.001 or series[0] != series[1]:
         sys.exit(1)

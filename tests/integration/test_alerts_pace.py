@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from isoperf.queries import PkSeries, pk_differences, pk_series
 from tests.conftest import ServiceProcess, wait_for
 from tests.helpers import replay, rows, settled, where
 from tests.stack import ControlledStack
@@ -115,17 +116,19 @@ def test_a_session_as_fast_as_possible_at_x60_and_replayed_raises_the_same_alert
         assert leakage == [], "no leak, no leakage alarm"
 
 
-def test_the_leakage_service_stopped_for_2_minutes_mid_session_loses_no_alarm(
+def test_the_leakage_service_stopped_for_2_minutes_mid_session_loses_no_alarm_and_changes_no_pk_figure(
     stack: ControlledStack, services: Callable[..., ServiceProcess], ids: tuple[str, str]
 ) -> None:
     """At x15 (the session takes 264 s) the leakage service is stopped from 30 s to 150 s: the leak
-    step (at 15 min, 60 s in) comes while it is away. The alerts service holds the readings and
-    events 30 s, then goes on without it; when the leakage catches up, the step's alarms are raised
-    with their true event times."""
+    step (at 15 min, 60 s in) comes while it is away. The alerts and pk services hold the readings,
+    events and lab results 30 s, then go on without it; when the leakage catches up, the step's
+    alarms are raised with their true event times and the pk estimates are those of an
+    uninterrupted session."""
     theatre, session = ids
     services("recorder")
     leakage = services("leakage")
     services("alerts")
+    services("pk")
     step = SCENARIOS["step-tc"]
     acq = play(services, theatre, session, "15", **step)
     time.sleep(30)
@@ -141,3 +144,13 @@ def test_the_leakage_service_stopped_for_2_minutes_mid_session_loses_no_alarm(
     assert play(services, reference, session, "0", **step).wait(timeout=240) == 0
     wait_for(functools.partial(settled, stack, reference, session), timeout=90)
     same_alarms(interrupted, quiet(stack, reference, session))
+    # Both sessions' pk estimates, once neither changes for 10 s.
+    stable: list[tuple[PkSeries, PkSeries]] = []
+
+    def pk_settled() -> bool:
+        stable.append((pk_series(stack, theatre, session), pk_series(stack, reference, session)))
+        return len(stable) > 1 and stable[-1] == stable[-2] and bool(stable[-1][0])
+
+    wait_for(pk_settled, timeout=120, interval=10)
+    got, want = stable[-1]
+    assert got == want, pk_differences(got, want, names=("interrupted", "uninterrupted"))[:12]
