@@ -30,11 +30,19 @@ def partition_of(theatre: str, count: int) -> int:
     return int.from_bytes(digest[:8], "big") % count
 
 
-def theatres_of(theatres: Iterable[str], index: int, count: int) -> list[str]:
-    """The theatres of partition ``index`` out of ``count``, in the given order."""
+def share(partitions: int, index: int, count: int) -> list[int]:
+    """The partitions that instance ``index`` of ``count`` takes: ``p`` with ``p % count == index``
+    (on Mosquitto it subscribes to their theatres; on a cluster it consumes their queues first and
+    stands by for the rest)."""
     if not 0 <= index < count:
-        raise ValueError(f"partition {index} is not one of 0 .. {count - 1}")
-    return [t for t in theatres if partition_of(t, count) == index]
+        raise ValueError(f"share {index}/{count}: the index must be below the count")
+    return [p for p in range(partitions) if p % count == index]
+
+
+def theatres_in_share(theatres: Iterable[str], partitions: int, index: int, count: int) -> list[str]:
+    """The theatres of instance ``index`` of ``count``'s share, in the given order."""
+    mine = set(share(partitions, index, count))
+    return [t for t in theatres if partition_of(t, partitions) in mine]
 
 
 def read_theatres(path: Path) -> list[str]:

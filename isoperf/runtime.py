@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from isoperf.backoff import Backoff, wait_or_stop
 from isoperf.deadletter import DeadLetters
 from isoperf.messages import STATUS, Inbound, MessageParser, Readings, subscriptions
-from isoperf.partition import read_theatres, theatres_of
+from isoperf.partition import read_theatres, theatres_in_share
 from isoperf.schemas import Event, LabSample, Leakage, Sample, SessionMeta
 from isoperf.settings import ServiceSettings
 from isoperf.sources import Connection, ConnectionLost, Delivery, Publisher, Source
@@ -351,21 +351,23 @@ class ServiceLoop:
 def service_subscriptions(
     settings: ServiceSettings, topics: Topics, kinds: tuple[str, ...], theatre: str | None = None
 ) -> list[str]:
-    """The topic filters of one instance: one theatre's (a gateway), one partition's theatres (a
-    stateful service of several instances; services' status only in partition 0, so a service going
-    offline is one alarm), or every theatre's; shared among the instances of ``share_group``."""
+    """The topic filters of one instance: one theatre's (a gateway), the theatres of its share of the
+    partitions (a stateful service of several instances; services' status only in share 0, so a
+    service going offline is one alarm), or every theatre's; shared among the instances of
+    ``share_group``."""
+    index, count = settings.share_of()
     if theatre is not None:
         subs = subscriptions(topics, kinds, theatre)
-    elif settings.partitions > 1:
+    elif count > 1:
         listed = read_theatres(settings.theatres_file)
-        mine = theatres_of(listed, settings.partition, settings.partitions)
+        mine = theatres_in_share(listed, settings.partitions, index, count)
         session_kinds = tuple(k for k in kinds if k != STATUS)
         subs = [s for t in mine for s in subscriptions(topics, session_kinds, t)]
-        if STATUS in kinds and settings.partition == 0:
+        if STATUS in kinds and index == 0:
             subs.append(topics.status_subscription())
         log.info(
-            "partition %d of %d: %d of the %d theatres of %s (%s)",
-            settings.partition,
+            "share %s of %d partitions: %d of the %d theatres of %s (%s)",
+            settings.partition_share,
             settings.partitions,
             len(mine),
             len(listed),

@@ -55,11 +55,8 @@ class ServiceSettings(BaseSettings):
     amqp_ca_file: Path | None = None
     # How many messages a consumer may hold unacknowledged (the AMQP prefetch).
     amqp_prefetch: int = Field(default=1000, ge=1)
-    # The partitions of the theatres (isoperf.partition): the same number for the topology and every service.
-    amqp_partitions: int = Field(default=8, ge=1, le=1024)
-    # This instance's share of the partitions, "INDEX/COUNT": it takes the partitions p with p % COUNT == INDEX
-    # first, and stands by for the others after ``amqp_standby_delay_s``.
-    amqp_share: str = Field(default="0/1", pattern=r"^[0-9]+/[1-9][0-9]*$")
+    # On a cluster an instance consumes its share of the partitions (``partition_share``) first and
+    # stands by for the others after this delay.
     amqp_standby_delay_s: float = Field(default=2.0, ge=0.0)
 
     influx_url: str = "http://127.0.0.1:8086"
@@ -85,11 +82,13 @@ class ServiceSettings(BaseSettings):
     window_confirm_s: float = Field(default=120.0, gt=0.0)  # inputs past the bound for this long move it on
     # More than one instance of a service (docs/scaling.md). The recorder, which keeps no state, shares
     # one subscription among its instances: ``share_group`` (an MQTT shared subscription, ``$share/...``).
-    # A stateful service (leakage, pk, alerts) takes the theatres of one partition of the theatre list,
-    # ``partition`` of ``partitions`` (isoperf/partition.py), so a session always stays in one process.
+    # The theatres are split into ``partitions`` partitions (isoperf/partition.py; on a cluster the same
+    # number for the topology and every service). A stateful service (leakage, pk, alerts) of several
+    # instances gives each its ``partition_share``, "INDEX/COUNT": the partitions p with
+    # p % COUNT == INDEX, so a session always stays in one process.
     share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    partitions: int = Field(default=1, ge=1, le=1024)
-    partition: int = Field(default=0, ge=0)
+    partitions: int = Field(default=8, ge=1, le=1024)
+    partition_share: str = Field(default="0/1", pattern=r"^[0-9]+/[1-9][0-9]*$")
     theatres_file: Path = Path("deploy/theatres.txt")
     log_level: str = "INFO"
     # The hospital's time zone (IANA name), for local wall times in reports and listings.
@@ -98,21 +97,16 @@ class ServiceSettings(BaseSettings):
     def amqp_url_list(self) -> list[str]:
         return [u.strip() for u in self.amqp_urls.split(",") if u.strip()]
 
-    def amqp_share_of(self) -> tuple[int, int]:
-        index, count = (int(x) for x in self.amqp_share.split("/"))
+    def share_of(self) -> tuple[int, int]:
+        """This instance's ``partition_share`` as (index, count)."""
+        index, count = (int(x) for x in self.partition_share.split("/"))
         return index, count
 
     @model_validator(mode="after")
     def _share_in_range(self) -> Self:
-        index, count = self.amqp_share_of()
+        index, count = self.share_of()
         if index >= count:
-            raise ValueError(f"ISOPERF_AMQP_SHARE {self.amqp_share!r}: the index must be below the count")
-        return self
-
-    @model_validator(mode="after")
-    def _partition_in_range(self) -> Self:
-        if self.partition >= self.partitions:
-            raise ValueError(f"ISOPERF_PARTITION={self.partition} is not one of 0 .. {self.partitions - 1}")
+            raise ValueError(f"ISOPERF_PARTITION_SHARE={self.partition_share}: the index must be below the count")
         return self
 
     @model_validator(mode="after")

@@ -19,7 +19,6 @@ import asyncio
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import aiomqtt
 
 from isoperf.codec import decode, encode
 from isoperf.schemas import Reading, ReadingBatch
-from isoperf.tools.stack import LocalStack
+from isoperf.tools.stack import LocalStack, spawn_service
 from services.acquisition.simulator import LeakScenario, SimConfig, SimulatedSession, simulate
 
 START_T = 1_767_225_600.0
@@ -39,16 +38,12 @@ WARM_UP_S = 15.0
 
 def _spawn(stack: LocalStack, name: str, logs: Path) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
         **stack.env(),
         "ISOPERF_INSTANCE": "bench",
         "ISOPERF_LOG_LEVEL": "WARNING",
         "ISOPERF_ALERTS_STATE_FILE": str(logs / "alerts-state.json"),
     }
-    with (logs / f"{name}.log").open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "isoperf.tools.cli", name], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+    return spawn_service(name, env, logs / f"{name}.log")
 
 
 async def publish_window(client: aiomqtt.Client, name: str, s: SimulatedSession, t0: float, t1: float) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from isoperf.queries import count
 from isoperf.tools.cluster import LocalCluster
-from isoperf.tools.stack import LocalStack
+from isoperf.tools.stack import LocalStack, spawn_service
 
 READINGS_PER_SESSION = 3960 * 5
 COUNTS_PER_SESSION = 3960
@@ -36,13 +36,7 @@ START_T = 1_767_225_600.0
 
 
 def _spawn(env: dict[str, str], name: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "isoperf.tools.cli", name],
-            env={**os.environ, "ISOPERF_LOG_LEVEL": "WARNING", **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    return spawn_service(name, {"ISOPERF_LOG_LEVEL": "WARNING", **env}, log)
 
 
 def _wait_log(log: Path, text: str, timeout: float = 60.0) -> None:
@@ -129,7 +123,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         with LocalStack(logs / "stack") as stack, LocalCluster(logs / "cluster") as cluster:
-            amqp = {**cluster.env(), "ISOPERF_AMQP_PARTITIONS": str(args.partitions), "ISOPERF_LOG_LEVEL": "INFO"}
+            amqp = {**cluster.env(), "ISOPERF_PARTITIONS": str(args.partitions), "ISOPERF_LOG_LEVEL": "INFO"}
 
             def on_node(i: int) -> dict[str, str]:
                 return {"ISOPERF_MQTT_PORT": str(cluster.nodes[i % len(cluster.nodes)].mqtt_port)}
@@ -151,8 +145,8 @@ def main() -> None:
                         [
                             ("recorder", amqp),
                             ("recorder", amqp),
-                            ("leakage", {**amqp, "ISOPERF_AMQP_SHARE": "0/2"}),
-                            ("leakage", {**amqp, "ISOPERF_AMQP_SHARE": "1/2"}),
+                            ("leakage", {**amqp, "ISOPERF_PARTITION_SHARE": "0/2"}),
+                            ("leakage", {**amqp, "ISOPERF_PARTITION_SHARE": "1/2"}),
                         ],
                         on_node,
                         "consuming",

@@ -47,7 +47,7 @@ from isoperf.codec import encode
 from isoperf.partition import partition_of
 from isoperf.queries import count
 from isoperf.schemas import Reading, ReadingBatch
-from isoperf.tools.stack import LocalStack
+from isoperf.tools.stack import LocalStack, spawn_service
 from services.acquisition.simulator import SimConfig, simulate
 from services.leakage import filters
 from services.leakage.estimator import LeakageEstimator
@@ -73,14 +73,7 @@ def rss_mb(pid: int) -> float:
 
 
 def spawn(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "isoperf.tools.cli", name],
-            env={**os.environ, "ISOPERF_LOG_LEVEL": "WARNING", **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
+    return spawn_service(name, {"ISOPERF_LOG_LEVEL": "WARNING", **env}, log, cwd=ROOT)
 
 
 def isoperf_services(env: dict[str, str], logs: Path, recorders: int, leakage: int) -> list[subprocess.Popen[bytes]]:
@@ -93,7 +86,7 @@ def isoperf_services(env: dict[str, str], logs: Path, recorders: int, leakage: i
     for i in range(leakage):
         extra = {"ISOPERF_INSTANCE": f"bench-leakage-{i}"}
         if leakage > 1:
-            extra |= {"ISOPERF_PARTITIONS": str(leakage), "ISOPERF_PARTITION": str(i)}
+            extra |= {"ISOPERF_PARTITIONS": str(leakage), "ISOPERF_PARTITION_SHARE": f"{i}/{leakage}"}
         procs.append(spawn("leakage", {**env, **extra}, logs / f"leakage-{i}.log"))
     return procs
 

@@ -21,7 +21,6 @@ import asyncio
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,23 +30,17 @@ import aiomqtt
 from isoperf.codec import decode, encode
 from isoperf.queries import count
 from isoperf.schemas import Reading
-from isoperf.tools.stack import LocalStack
+from isoperf.tools.stack import LocalStack, spawn_service
 
 READINGS_PER_SESSION = 3960 * 5
 
 
 def _env(stack: LocalStack, **extra: str) -> dict[str, str]:
-    return {**os.environ, **stack.env(), "ISOPERF_LOG_LEVEL": "WARNING", **extra}
+    return {**stack.env(), "ISOPERF_LOG_LEVEL": "WARNING", **extra}
 
 
 def _spawn(stack: LocalStack, name: str, log: Path, **extra: str) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "isoperf.tools.cli", name],
-            env=_env(stack, **extra),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    return spawn_service(name, _env(stack, **extra), log)
 
 
 def play_sessions(

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.hostile
 
 from isoperf.queries import count, session_where
-from isoperf.tools.stack import LocalStack
+from isoperf.tools.stack import LocalStack, spawn_service
 from tests.hostile import KINDS, Figures, Planned, draw_probes, figures, plan, publish
 
 SERVICES = ("recorder", "leakage", "alerts", "pk")
@@ -36,16 +36,12 @@ SERVICES = ("recorder", "leakage", "alerts", "pk")
 
 def _spawn(stack: LocalStack, name: str, directory: Path) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
         **stack.env(),
         "ISOPERF_INSTANCE": f"fuzz-{name}",
         "ISOPERF_DEADLETTER_DIR": str(directory / "deadletter"),
         "ISOPERF_ALERTS_STATE_FILE": str(directory / "alerts-state.json"),
     }
-    with (directory / f"{name}.log").open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "isoperf.tools.cli", name], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+    return spawn_service(name, env, directory / f"{name}.log")
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:

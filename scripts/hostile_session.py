@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.hostile
 from isoperf.codec import encode
 from isoperf.queries import count, session_where
 from isoperf.schemas import T_MAX, Event, Reading, ReadingBatch
-from isoperf.tools.stack import LocalStack
+from isoperf.tools.stack import LocalStack, spawn_service
 from tests.hostile import Planned, Probe, draw_probes, figures, plan, publish
 
 SERVICES = ("recorder", "leakage", "alerts", "pk")
@@ -48,7 +47,6 @@ SIM = {
 
 def spawn(stack: LocalStack, name: str, directory: Path, **extra: str) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
         **stack.env(),
         "ISOPERF_INSTANCE": f"hostile-{name}",
         "ISOPERF_DEADLETTER_DIR": str(directory / "deadletter"),
@@ -56,10 +54,7 @@ def spawn(stack: LocalStack, name: str, directory: Path, **extra: str) -> subpro
         "ISOPERF_JOURNAL_DIR": str(directory / "journal"),
         **extra,
     }
-    with (directory / f"{name}{extra.get('ISOPERF_THEATRE', '')}.log").open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "isoperf.tools.cli", name], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+    return spawn_service(name, env, directory / f"{name}{extra.get('ISOPERF_THEATRE', '')}.log")
 
 
 def wild(theatre: str) -> list[Planned]:

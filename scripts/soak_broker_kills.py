@@ -11,16 +11,14 @@ Usage:  .venv/bin/python scripts/soak_broker_kills.py [--minutes 10] [--every 12
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from isoperf.queries import count, session_where
-from isoperf.tools.stack import LocalStack
+from isoperf.tools.stack import LocalStack, spawn_service
 from services.acquisition.settings import AcquisitionSettings
 from services.acquisition.simulator import simulate
 
@@ -39,15 +37,10 @@ def main() -> int:
     ap.add_argument("--every", type=float, default=120.0, help="seconds between rounds of three kills")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp)) as stack:
-        env = {**os.environ, **stack.env(), "ISOPERF_LOG_LEVEL": "WARNING"}
+        env = {**stack.env(), "ISOPERF_LOG_LEVEL": "WARNING"}
         start_t = time.time()
         procs = {
-            name: subprocess.Popen(
-                [sys.executable, "-m", "isoperf.tools.cli", name],
-                env={**env, **extra},
-                stdout=(Path(tmp) / f"{name}.log").open("ab"),
-                stderr=subprocess.STDOUT,
-            )
+            name: spawn_service(name, {**env, **extra}, Path(tmp) / f"{name}.log")
             for name, extra in {
                 "recorder": {"ISOPERF_INSTANCE": "soak"},
                 "acquisition": {

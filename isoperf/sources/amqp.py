@@ -36,6 +36,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pamqp.common import FieldTable
 
+from isoperf.partition import share
 from isoperf.settings import ServiceSettings
 from isoperf.sources import Connection, ConnectionLost, Delivery
 from isoperf.tls import client_context
@@ -135,11 +136,6 @@ async def declare_service(
             await queue.bind(exchange, key)
         queues.append(queue)
     return queues
-
-
-def preferred(partitions: int, index: int, count: int) -> list[int]:
-    """The partitions an instance takes first (its share); it stands by for the rest."""
-    return [p for p in range(partitions) if p % count == index]
 
 
 def node_name(url: str) -> str:
@@ -257,14 +253,13 @@ class AmqpSource:
                 channel.close_callbacks.add(lambda *_: closed.set())
                 await channel.set_qos(prefetch_count=s.amqp_prefetch)
                 exchange = await channel.get_exchange("amq.topic", ensure=False)
-                queues = await declare_service(channel, self.service, subscriptions, s.amqp_partitions)
+                queues = await declare_service(channel, self.service, subscriptions, s.partitions)
                 conn = AmqpConnection(channel, exchange, closed)
                 standby: asyncio.Task[None] | None = None
                 if len(queues) == 1:
                     await queues[0].consume(conn.deliver)
                 else:
-                    index, count = s.amqp_share_of()
-                    first = preferred(len(queues), index, count)
+                    first = share(len(queues), *s.share_of())
                     for p in first:
                         await queues[p].consume(conn.deliver)
                     rest = [queues[p] for p in range(len(queues)) if p not in first]

@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -33,6 +33,20 @@ INSTALL_HINT = "install them with: sudo apt-get install mosquitto influxdb   (or
 
 class StackError(RuntimeError):
     pass
+
+
+def spawn_service(name: str, env: Mapping[str, str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``isoperf NAME`` (a service or a gateway) as its own process, the way the benchmarks and
+    checks run them: this environment over ``env`` (``LocalStack.env()`` and the service's settings),
+    its output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "isoperf.tools.cli", name],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+        )
 
 
 def _influxql_string(value: str) -> str:

@@ -63,22 +63,22 @@ def bindings(theatres: list[str], partitions: int) -> dict[str, int]:
 async def declare(settings: ServiceSettings, theatres: list[str]) -> dict[str, int]:
     """Declare everything (exchanges, queues, bindings) on the cluster; the theatres' partitions."""
     topics = Topics(settings.mqtt_root)
-    bound = bindings(theatres, settings.amqp_partitions)
+    bound = bindings(theatres, settings.partitions)
     async with connect_any(settings.amqp_url_list(), "isoperf-topology", settings.amqp_ca_file) as connection:
         channel = await connection.channel()
-        await declare_routing(channel, topics.root, settings.amqp_partitions, bound)
+        await declare_routing(channel, topics.root, settings.partitions, bound)
         for service, kinds in CONSUMERS.items():
-            await declare_service(channel, service, subscriptions(topics, kinds), settings.amqp_partitions)
+            await declare_service(channel, service, subscriptions(topics, kinds), settings.partitions)
     return bound
 
 
 async def enrol(settings: ServiceSettings, theatre: str) -> int:
     """Bind one new theatre to its partition; its partition."""
     topics = Topics(settings.mqtt_root)
-    bound = bindings([theatre], settings.amqp_partitions)
+    bound = bindings([theatre], settings.partitions)
     async with connect_any(settings.amqp_url_list(), "isoperf-topology", settings.amqp_ca_file) as connection:
         channel = await connection.channel()
-        await declare_routing(channel, topics.root, settings.amqp_partitions, bound)
+        await declare_routing(channel, topics.root, settings.partitions, bound)
     return bound[theatre]
 
 
@@ -197,7 +197,7 @@ def _run_declare(args: argparse.Namespace) -> int:
     except (ConnectionLost, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"declared {settings.amqp_partitions} partitions, {len(bound)} theatres, {len(CONSUMERS)} consumers")
+    print(f"declared {settings.partitions} partitions, {len(bound)} theatres, {len(CONSUMERS)} consumers")
     for theatre, partition in sorted(bound.items()):
         print(f"  {theatre} -> partition {partition}")
     return 0

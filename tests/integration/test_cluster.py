@@ -6,6 +6,7 @@ Deselect with ``-m "not cluster"`` (the cluster takes ~30 s to form and ~330 MB)
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,9 @@ from tests.helpers import count, mosquitto_pub, rows, settled, where
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 PARTITIONS = 4
+# Sessions at once in the node-kill test (the instance-kill test: half as many to each instance).
+# The suite plays 3; the issue's 20 with ISOPERF_TEST_CLUSTER_THEATRES=20 (about 10 minutes more).
+THEATRES = int(os.environ.get("ISOPERF_TEST_CLUSTER_THEATRES", "3"))
 SPEED = "60"  # a 66-minute session in ~66 s
 COUNTS_DT = "2"  # a count every 2 s: 1980 a session
 N_COUNTS = 1980
@@ -48,9 +52,7 @@ def on_cluster(stack: LocalStack, cluster: LocalCluster, tmp_path: Path) -> Iter
 def declare(cluster: LocalCluster, directory: Path, theatres: list[str]) -> None:
     listing = directory / "theatres.txt"
     listing.write_text("".join(f"{t}\n" for t in theatres))
-    done = isoperf_on(
-        cluster, "topology", "declare", "--theatres", str(listing), ISOPERF_AMQP_PARTITIONS=str(PARTITIONS)
-    )
+    done = isoperf_on(cluster, "topology", "declare", "--theatres", str(listing), ISOPERF_PARTITIONS=str(PARTITIONS))
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -61,7 +63,7 @@ PLAYBACK = {"ISOPERF_WINDOW_AFTER_S": "7200", "ISOPERF_ALERTS_HOLD_S": "120", "I
 
 
 def consumers(on: ClusterServices, *names: str, **extra: str) -> list[ServiceProcess]:
-    return [on.consumer(n, ISOPERF_AMQP_PARTITIONS=str(PARTITIONS), **PLAYBACK, **extra) for n in names]
+    return [on.consumer(n, ISOPERF_PARTITIONS=str(PARTITIONS), **PLAYBACK, **extra) for n in names]
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ def test_topology_is_declared_idempotently_and_a_theatre_is_enrolled(cluster: Lo
     declare(cluster, tmp_path, theatres)  # again: nothing changes, nothing fails
     listing = tmp_path / "theatres.txt"
     done = isoperf_on(
-        cluster, "topology", "enrol", "east-9", "--theatres", str(listing), ISOPERF_AMQP_PARTITIONS=str(PARTITIONS)
+        cluster, "topology", "enrol", "east-9", "--theatres", str(listing), ISOPERF_PARTITIONS=str(PARTITIONS)
     )
     assert done.returncode == 0, done.stderr
     assert listing.read_text().splitlines()[-1] == "east-9", "the list the ACL is made from names the new theatre"
@@ -192,9 +194,8 @@ def test_a_theatre_publishing_without_a_binding_is_stored_and_raises_an_alarm_on
 def test_the_node_leading_every_queue_killed_mid_session_loses_nothing(
     stack: LocalStack, cluster: LocalCluster, on_cluster: ClusterServices, reference: Outcome, tmp_path: Path
 ) -> None:
-    n = 3
     u = uuid.uuid4().hex[:6]
-    sessions = [(f"k{i}-{u}", f"se-{u}") for i in range(n)]
+    sessions = [(f"k{i}-{u}", f"se-{u}") for i in range(THEATRES)]
     declare(cluster, tmp_path, [t for t, _ in sessions])
     leaders = queue_leaders(cluster)
     assert {leaders[f"isoperf.leakage.{i}"] for i in range(PARTITIONS)} == {cluster.nodes[0].name}
@@ -248,15 +249,15 @@ def test_one_of_two_instances_of_each_stateful_service_killed_mid_session(
     stack: LocalStack, cluster: LocalCluster, on_cluster: ClusterServices, reference: Outcome, tmp_path: Path
 ) -> None:
     u = uuid.uuid4().hex[:6]
-    first, second = theatres_for_shares(u, 1)
+    first, second = theatres_for_shares(u, max(1, THEATRES // 2))
     session = f"se-{u}"
     declare(cluster, tmp_path, first + second)
     consumers(on_cluster, "recorder")
     # The first consumer to register on a queue keeps it (RabbitMQ 3.10): each instance stands by for
     # the other's partitions only once both hold their own.
     standby = {"ISOPERF_AMQP_STANDBY_DELAY_S": "12"}
-    doomed = consumers(on_cluster, "leakage", "pk", "alerts", ISOPERF_AMQP_SHARE="0/2", **standby)
-    consumers(on_cluster, "leakage", "pk", "alerts", ISOPERF_AMQP_SHARE="1/2", **standby)
+    doomed = consumers(on_cluster, "leakage", "pk", "alerts", ISOPERF_PARTITION_SHARE="0/2", **standby)
+    consumers(on_cluster, "leakage", "pk", "alerts", ISOPERF_PARTITION_SHARE="1/2", **standby)
     time.sleep(13)
     env = sim()
     gateways = [on_cluster.gateway(1 + i % 2, t, session, **env) for i, t in enumerate(first + second)]

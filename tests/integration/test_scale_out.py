@@ -73,7 +73,7 @@ def test_leakage_partitioned_by_theatre(
     listed.write_text("# the test's theatres\n" + "\n".join(theatres) + "\n")
     services("recorder")
     parts = [
-        services("leakage", ISOPERF_PARTITIONS="2", ISOPERF_PARTITION=str(i), ISOPERF_THEATRES_FILE=str(listed))
+        services("leakage", ISOPERF_PARTITIONS="2", ISOPERF_PARTITION_SHARE=f"{i}/2", ISOPERF_THEATRES_FILE=str(listed))
         for i in range(2)
     ]
     play(services, theatres, session)

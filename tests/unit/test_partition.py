@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from isoperf.partition import partition_of, theatres_of
+from isoperf.partition import partition_of, share, theatres_in_share
 from isoperf.runtime import service_subscriptions
 from isoperf.settings import ServiceSettings
 from isoperf.topics import Topics
@@ -49,17 +49,20 @@ def test_a_fair_split_of_many_theatres() -> None:
     assert min(counts.values()) > 400
 
 
-def test_theatres_of_covers_every_theatre_once() -> None:
+def test_the_shares_cover_every_theatre_once() -> None:
     theatres = [f"or-{i}" for i in range(50)]
-    parts = [theatres_of(theatres, i, 3) for i in range(3)]
+    parts = [theatres_in_share(theatres, 8, i, 3) for i in range(3)]
     assert sorted(t for p in parts for t in p) == sorted(theatres)
-    assert theatres_of(theatres, 0, 1) == theatres
+    assert [share(8, i, 3) for i in range(3)] == [[0, 3, 6], [1, 4, 7], [2, 5]]
+    assert theatres_in_share(theatres, 8, 0, 1) == theatres
+    # As many instances as partitions: instance i takes exactly partition i.
+    assert theatres_in_share(theatres, 4, 2, 4) == [t for t in theatres if partition_of(t, 4) == 2]
 
 
 @pytest.mark.parametrize(("index", "count"), [(0, 0), (3, 3), (-1, 2)])
-def test_bad_partitions_are_refused(index: int, count: int) -> None:
-    with pytest.raises(ValueError, match="partition"):
-        theatres_of(["or-1"], index, count)
+def test_bad_shares_are_refused(index: int, count: int) -> None:
+    with pytest.raises(ValueError, match="share"):
+        share(4, index, count)
 
 
 def test_an_instance_subscribes_to_its_partition_or_its_share(tmp_path: Path) -> None:
@@ -69,7 +72,9 @@ def test_an_instance_subscribes_to_its_partition_or_its_share(tmp_path: Path) ->
     topics = Topics("perfusion")
     kinds = ("raw/counts", "event", "status")
     subs = [
-        service_subscriptions(ServiceSettings(partitions=4, partition=p, theatres_file=listed), topics, kinds)
+        service_subscriptions(
+            ServiceSettings(partitions=4, partition_share=f"{p}/4", theatres_file=listed), topics, kinds
+        )
         for p in range(4)
     ]
     for p, mine in enumerate(subs):
@@ -82,6 +87,6 @@ def test_an_instance_subscribes_to_its_partition_or_its_share(tmp_path: Path) ->
     assert service_subscriptions(ServiceSettings(), topics, ("raw/+",)) == ["perfusion/+/+/raw/+"]
 
 
-def test_a_partition_outside_the_count_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"ISOPERF_PARTITION=2 is not one of 0 \.\. 1"):
-        ServiceSettings(partitions=2, partition=2)
+def test_a_share_outside_its_count_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"ISOPERF_PARTITION_SHARE=2/2: the index must be below the count"):
+        ServiceSettings(partition_share="2/2")
