@@ -88,6 +88,6 @@ def test_leakage_partitioned_by_theatre(
         assert p.stop() == 0
         mine = [t for t in theatres if partition_of(t, 2) == i]
         out = p.output()
-        assert f"partition {i} of 2: 2 of the 4 theatres of {listed} ({', '.join(mine)})" in out
+        assert f"share {i}/2 of 2 partitions: 2 of the 4 theatres of {listed} ({', '.join(mine)})" in out
         taken = set(re.findall(r"session ([\w-]+)/[\w-]+ taken", out))
         assert taken == set(mine)  # its own theatres, and no other's
