@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any, Protocol
 
 from isoperf.backoff import Backoff, wait_or_stop
@@ -161,7 +162,14 @@ class ServiceLoop:
                     if self.status_topic is not None:
                         await connection.publish(self.status_topic, b"online", retain=True)
                     backoff.reset()
-                    await self._connected(connection, stop)
+                    beating = None
+                    if self.status_topic is not None and not self.source.last_will:
+                        beating = asyncio.ensure_future(self._beat(connection, self.status_topic))
+                    try:
+                        await self._connected(connection, stop)
+                    finally:
+                        if beating is not None:
+                            beating.cancel()
                     if self.status_topic is not None:
                         await connection.publish(self.status_topic, b"offline", retain=True)
                     self.link.detach()
@@ -178,6 +186,19 @@ class ServiceLoop:
             except ConnectionLost as exc:  # stored; what it would have published waits for the next start
                 log.warning("%s: stopped while disconnected (%s)", self.service, exc)
             await self.handler.close()
+
+    async def _beat(self, connection: Connection, topic: str) -> None:
+        """While connected, without a last will: touch the health file and repeat ``online`` every
+        heartbeat (a lost connection is the consume loop's to find; the beats just stop)."""
+        alive = health_file(self.settings, self.service)
+        alive.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            alive.touch()
+            await asyncio.sleep(self.settings.heartbeat_s)
+            try:
+                await connection.publish(topic, b"online", retain=True)
+            except ConnectionLost:
+                return
 
     async def _connected(self, connection: Connection, stop: asyncio.Event) -> None:
         sending = asyncio.ensure_future(self.sender.drain_to(self.link)) if self.sender is not None else None
@@ -379,6 +400,11 @@ def service_subscriptions(
     if settings.share_group:
         subs = [f"$share/{settings.share_group}/{s}" for s in subs]
     return subs
+
+
+def health_file(settings: ServiceSettings, service: str) -> Path:
+    """The file a service without a last will touches every heartbeat while connected."""
+    return settings.health_dir / f"{service}-{settings.instance}.alive"
 
 
 def status_topic(settings: ServiceSettings, service: str) -> str:

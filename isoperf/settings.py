@@ -90,6 +90,11 @@ class ServiceSettings(BaseSettings):
     partitions: int = Field(default=8, ge=1, le=1024)
     partition_share: str = Field(default="0/1", pattern=r"^[0-9]+/[1-9][0-9]*$")
     theatres_file: Path = Path("deploy/theatres.txt")
+    # Without a last will (AMQP): a service repeats its ``online`` status this often and touches its
+    # file in ``health_dir`` (what ``isoperf health`` reads); after 3 missed heartbeats the alerts
+    # service raises it ``offline``.
+    heartbeat_s: float = Field(default=5.0, gt=0.0)
+    health_dir: Path = Path(".isoperf/health")
     log_level: str = "INFO"
     # The hospital's time zone (IANA name), for local wall times in reports and listings.
     timezone: str = "UTC"

@@ -49,5 +49,9 @@ class Connection(Publisher, Protocol):
 
 class Source(Protocol):
     name: str
+    # Whether the broker announces the service ``offline`` when its connection is lost (MQTT's last
+    # will). Without one (AMQP) the service repeats its ``online`` status every heartbeat, and the
+    # alerts service judges it offline when the heartbeats stop.
+    last_will: bool
 
     def connect(self, subscriptions: Sequence[str]) -> AbstractAsyncContextManager[Connection]: ...

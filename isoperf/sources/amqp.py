@@ -239,6 +239,7 @@ class AmqpSource:
     def __init__(self, settings: ServiceSettings, service: str) -> None:
         self.settings, self.service = settings, service
         self.urls = settings.amqp_url_list()
+        self.last_will = False  # AMQP has none: the runtime sends heartbeats instead
         self.name = "amqp cluster " + ", ".join(node_name(u) for u in self.urls)
 
     @asynccontextmanager

@@ -130,6 +130,7 @@ class MqttSource:
     ) -> None:
         self.settings, self.client_id, self.will_topic, self.persistent = settings, client_id, will_topic, persistent
         self.name = broker_name(settings)
+        self.last_will = will_topic is not None
         self._tls = tls_context(settings)
 
     def _session_options(self) -> dict[str, Any]:

@@ -27,6 +27,8 @@ def main() -> None:
             hold_s=settings.alerts_hold_s,
             # On a cluster, another instance may take a session over: its state is kept in InfluxDB.
             shared=wiring.influx if settings.transport == "amqp" else None,
+            # No last will on AMQP: the consumers' heartbeats stopping is how they go offline.
+            heartbeat_expiry_s=3 * settings.heartbeat_s if settings.transport == "amqp" else None,
         )
 
     main_for("alerts", AlertsSettings, make)

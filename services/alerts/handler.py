@@ -72,6 +72,9 @@ STATE_VERSION = 2
 # the pk estimates are ordered with them, never waited for.
 STREAMS = ("readings", "events", "leakage", "pk")
 HOLD_S = 30.0
+# The consumers: on a cluster they speak AMQP, which has no last will, so they repeat their
+# ``online`` status every heartbeat and are judged offline when it stops (the gateways keep MQTT's).
+HEARTBEATING = ("recorder", "leakage", "pk", "alerts")
 
 Ordered = Leakage | Readings | Event | Pk
 
@@ -98,6 +101,7 @@ class AlertsHandler:
         clock: Callable[[], float] = time.monotonic,
         hold_s: float = HOLD_S,
         shared: RowReader | None = None,
+        heartbeat_expiry_s: float | None = None,
     ) -> None:
         self.topics, self.writer = topics, writer
         self.emitter = Emitter(publisher, writer)
@@ -115,6 +119,9 @@ class AlertsHandler:
         self.ended: deque[Key] = deque(maxlen=ENDED_REMEMBERED)
         self.services_seen: set[str] = set()  # went online at least once
         self.services_offline: set[str] = set()
+        # Heartbeats (a cluster): when each service was last heard online, on this service's clock.
+        self.heartbeat_expiry_s = heartbeat_expiry_s
+        self._heard: dict[str, float] = {}
         self._last_input: dict[Key, float] = {}  # wall clock of a session's last input
         self._received: dict[Key, dict[str, float]] = {}  # wall clock of each signal's last reading
         self._flush_lock = asyncio.Lock()
@@ -354,6 +361,7 @@ class AlertsHandler:
         if service == self.own_name:
             return []
         if status.online:
+            self._heard[service] = self.clock()
             self.services_seen.add(service)
             self.services_offline.discard(service)
         elif service in self.services_seen:  # a retained offline of a long-gone instance is no news
@@ -407,7 +415,7 @@ class AlertsHandler:
 
     def tick(self) -> int:
         """Advance every live session's clock to now; returns how many alerts that raised."""
-        raised = 0
+        raised = self._expire_heartbeats()
         for key in list(self.orders):
             raised += self._release(key)
         for key, e in list(self.sessions.items()):
@@ -423,6 +431,26 @@ class AlertsHandler:
             alerts = ([] if held else e.on_time(now)) + e.check_stale(quiet, now)
             raised += len(alerts)
             self._emit(key, alerts)
+        return raised
+
+    def _expire_heartbeats(self) -> int:
+        """A heartbeating service silent for ``heartbeat_expiry_s`` went offline (its process or its
+        node died: nothing else would say so without a last will). Silence is measured up to the
+        freshest heartbeat of any service, not this service's clock: heartbeats wait in the queues
+        behind the data, so an alerts service catching up a backlog, or paused itself, does not
+        take its own lag for their silence (the price: the last consumer but this one dying goes
+        unnoticed until another beats)."""
+        if self.heartbeat_expiry_s is None or not self._heard:
+            return 0
+        freshest = max(self._heard.values())
+        raised = 0
+        for service in sorted(self.services_seen - self.services_offline):
+            silent = freshest - self._heard.get(service, freshest)
+            if service.split("/", maxsplit=1)[0] in HEARTBEATING and silent > self.heartbeat_expiry_s:
+                log.warning("%s: no heartbeat for %.0f s: it went offline", service, silent)
+                alerts = self._on_status(ServiceStatus(service, online=False))
+                raised += len(alerts)
+                self._emit_many(alerts)
         return raised
 
     async def _tick_forever(self) -> None:

@@ -272,6 +272,14 @@ def test_one_of_two_instances_of_each_stateful_service_killed_mid_session(
         lambda: count(stack, f"SELECT count(state) FROM leakage WHERE {watched}") > before, timeout=30, interval=0.05
     )
     takeover_s = time.monotonic() - killed_at
+    # No last will on AMQP: the survivor raises the killed leakage instance offline when its
+    # heartbeats stop (3 heartbeats of 5 s), in the sessions it now holds.
+    gone = f"offline:leakage/{doomed[0].env['ISOPERF_INSTANCE']}"
+    offline = wait_for(
+        lambda: rows(stack, f"SELECT kind, severity FROM alert WHERE {watched} AND \"rule\"='{gone}'"), timeout=60
+    )
+    offline_after_s = time.monotonic() - killed_at
+    assert offline[0]["kind"] == "new" and offline[0]["severity"] == "critical"
     for g in gateways:
         assert g.wait(timeout=240) == 0, g.output()
     for theatre in first + second:
@@ -280,6 +288,7 @@ def test_one_of_two_instances_of_each_stateful_service_killed_mid_session(
         wait_for(lambda: pk_complete(stack, theatre, session), timeout=150)  # noqa: B023
     time.sleep(2)
     print(f"takeover: leakage of {first[0]} went on {takeover_s:.2f} s after its instance was killed")
+    print(f"liveness: the killed leakage instance raised offline {offline_after_s:.1f} s after the kill")
     assert takeover_s < 5.0
     for theatre in first + second:
         assert_same(outcome(stack, theatre, session, t0_of(env)), reference, theatre)

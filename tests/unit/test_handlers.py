@@ -190,3 +190,41 @@ async def test_alerts_handler_orders_the_pk_estimates_with_the_inputs_held(tmp_p
     assert "late" not in sent[0] or not sent[0]["late"]
     await h.flush()
     await h.close()
+
+
+async def test_alerts_judge_a_consumer_offline_when_its_heartbeats_stop(tmp_path: Path) -> None:
+    """On a cluster (no last will) a consumer that stops beating is raised offline; silence is
+    measured against the freshest heartbeat, so an alerts service that hears nobody (behind its
+    queue, or paused) raises nothing; a gateway (MQTT: it has a last will) is never expired."""
+    writer, pub = FakeWriter(), FakePublisher()
+    clock = [0.0]
+    h = AlertsHandler(
+        TOPICS, pub, writer, AlertRules(), tmp_path / "state.json", clock=lambda: clock[0], heartbeat_expiry_s=15.0
+    )
+    await deliver(h, TOPICS.session("or-1", "s-1", "event"), encode(Event(t=T, type="session_start")))
+    await deliver(h, TOPICS.session("or-1", "s-1", "leakage"), encode(Leakage(t=T + 1, state="background")))
+    assert h.sessions, "a live session, which a service going offline concerns"
+    for service in ("leakage", "recorder", "acquisition"):
+        await deliver(h, TOPICS.status(service, "a"), b"online")
+
+    def offline_alerts() -> list[tuple[str, str]]:
+        return [(a["rule"], a["kind"]) for a in (decode(p) for _, p in pub.sent) if a["rule"].startswith("offline:")]
+
+    clock[0] = 10.0
+    await deliver(h, TOPICS.status("recorder", "a"), b"online")
+    h.tick()
+    assert offline_alerts() == []
+    clock[0] = 20.0
+    await deliver(h, TOPICS.status("recorder", "a"), b"online")
+    h.tick()
+    await h.flush()
+    assert offline_alerts() == [("offline:leakage/a", "new")], "leakage silent 20 s, the recorder beating"
+    clock[0] = 100.0  # nobody heard for 80 s: this service's own lag, not their silence
+    h.tick()
+    await h.flush()
+    assert offline_alerts() == [("offline:leakage/a", "new")]
+    await deliver(h, TOPICS.status("leakage", "a"), b"online")
+    await h.flush()
+    assert offline_alerts()[-1] == ("offline:leakage/a", "resolved")
+    await h.flush()
+    await h.close()

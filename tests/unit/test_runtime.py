@@ -6,6 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import re
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +21,7 @@ from isoperf.codec import encode
 from isoperf.deadletter import DeadLetters
 from isoperf.messages import Inbound, Readings
 from isoperf.outbox import Emitter, Outbox
-from isoperf.runtime import ServiceLoop
+from isoperf.runtime import ServiceLoop, health_file
 from isoperf.schemas import Reading, ReadingBatch
 from isoperf.settings import ServiceSettings
 from isoperf.sources import Connection, ConnectionLost, Delivery
@@ -50,6 +55,7 @@ class MemorySource:
     """A broker in a queue: ``put`` delivers, ``drop`` breaks the connection once."""
 
     name = "memory"
+    last_will = True
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
@@ -221,6 +227,36 @@ async def test_a_lost_connection_reconnects_resubscribes_and_goes_on(tmp_path: P
     assert source.published[-1] == ("perfusion/status/test/test", b"offline", True)
 
 
+async def test_without_a_last_will_a_service_beats_while_connected_and_only_then(
+    tmp_path: Path, source: MemorySource
+) -> None:
+    """AMQP has no last will: the runtime repeats ``online`` every heartbeat and touches the file
+    ``isoperf health`` reads; with MQTT's last will it sends ``online`` once a connection."""
+    source.last_will = False
+    beat = settings(tmp_path, heartbeat_s=0.05, health_dir=tmp_path / "health")
+    loop = ServiceLoop(beat, "test", source, handler=GatedHandler())
+    stop, task = await run_loop(loop)
+    status = [b"online"] * 4
+    await until(lambda: [p for t, p, _ in source.published if t == "perfusion/status/test/test"][:4] == status)
+    alive = health_file(beat, "test")
+    assert time.time() - alive.stat().st_mtime < 5
+    stop.set()
+    await task
+    assert source.published[-1] == ("perfusion/status/test/test", b"offline", True)
+    sent = len(source.published)
+    await asyncio.sleep(0.2)
+    assert len(source.published) == sent, "no beat once stopped"
+
+    willed = MemorySource()  # a last will: online once, no beats
+    loop = ServiceLoop(settings(tmp_path, heartbeat_s=0.05), "test", willed, handler=GatedHandler())
+    stop, task = await run_loop(loop)
+    await until(lambda: willed.published)
+    await asyncio.sleep(0.3)
+    assert willed.published == [("perfusion/status/test/test", b"online", True)]
+    stop.set()
+    await task
+
+
 async def test_the_outbox_keeps_a_message_until_the_broker_has_it() -> None:
     class Flaky(FakePublisher):
         def __init__(self) -> None:
@@ -345,3 +381,24 @@ async def test_the_emitter_does_not_wait_for_the_broker_but_its_flush_does() -> 
     pub.release.set()
     await asyncio.wait_for(flushing, timeout=1)
     assert pub.sent == [("t", b"1")] and len(emitter) == 0
+
+
+def test_health_on_a_cluster_reads_the_heartbeat_file(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "ISOPERF_TRANSPORT": "amqp",
+        "ISOPERF_HEALTH_DIR": str(tmp_path),
+        "ISOPERF_INSTANCE": "i-1",
+        "ISOPERF_HEARTBEAT_S": "5",
+    }
+
+    def health() -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "isoperf.tools.cli", "health", "leakage"]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    assert (got := health()).returncode == 1 and "no heartbeat" in got.stderr
+    alive = tmp_path / "leakage-i-1.alive"
+    alive.touch()
+    assert (got := health()).returncode == 0 and got.stdout.strip() == "online"
+    os.utime(alive, (time.time() - 20, time.time() - 20))  # three heartbeats missed
+    assert (got := health()).returncode == 1 and re.fullmatch(r"last heartbeat (2\d) s ago\n", got.stderr)
