@@ -50,6 +50,7 @@ SERVICES: dict[str, tuple[str, ...]] = {
     ),
     "pk": (
         "read {r}/+/+/meta",
+        "read {r}/+/+/raw/counts",
         "read {r}/+/+/event",
         "read {r}/+/+/sample",
         "read {r}/+/+/leakage",

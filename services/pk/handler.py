@@ -67,7 +67,11 @@ class _Sent:
 
 
 class PkHandler(Handler):
-    kinds: tuple[str, ...] = ("meta", "event", "sample", "leakage")
+    # The counts are not used: they move the session's time window (isoperf/timewindow.py) as in every
+    # other service. Without them only events and leakage would, and an event 25 minutes after the
+    # last of either (the drug stop after the drug start, while the leakage service is behind or
+    # away: a replay, an outage) was kept aside as a wild time.
+    kinds: tuple[str, ...] = ("meta", "event", "sample", "leakage", "raw/counts")
 
     def __init__(
         self,
