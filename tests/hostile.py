@@ -32,7 +32,7 @@ T0 = 1_767_225_600.0  # 2026-01-01: valid readings get T0 + n seconds, one n eac
 SIGNALS = ("counts", "flow", "pressure", "temperature", "reservoir")
 SUBSCRIBERS: dict[str, tuple[str, ...]] = {
     **{f"raw/{s}": ("recorder", "alerts") for s in SIGNALS},
-    "raw/counts": ("recorder", "leakage", "alerts"),
+    "raw/counts": ("recorder", "leakage", "alerts", "pk"),
     "meta": ("recorder", "leakage", "alerts", "pk"),
     "event": ("recorder", "leakage", "alerts", "pk"),
     "sample": ("recorder", "pk"),
