@@ -29,6 +29,7 @@ PARTITIONS = 4
 # Sessions at once in the node-kill test (the instance-kill test: half as many to each instance).
 # The suite plays 3; the 20 with ISOPERF_TEST_CLUSTER_THEATRES=20 (about 10 minutes more).
 THEATRES = int(os.environ.get("ISOPERF_TEST_CLUSTER_THEATRES", "3"))
+GATEWAY_TIMEOUT_S = 80.0 * max(THEATRES, 3)  # a gateway ends once the broker has taken its whole journal
 SPEED = "60"  # a 66-minute session in ~66 s
 COUNTS_DT = "2"  # a count every 2 s: 1980 a session
 N_COUNTS = 1980
@@ -210,7 +211,7 @@ def test_the_node_leading_every_queue_killed_mid_session_loses_nothing(
     cluster.start_node(0)
     restarted_after = time.monotonic() - killed_at
     for g in gateways:
-        assert g.wait(timeout=240) == 0, g.output()
+        assert g.wait(timeout=GATEWAY_TIMEOUT_S) == 0, g.output()
     for theatre, session in sessions:
         wait_for(lambda: settled(stack, theatre, session, N_COUNTS), timeout=120)  # noqa: B023
         wait_for(lambda: alarms_closed(stack, theatre, session), timeout=60)  # noqa: B023
@@ -281,7 +282,7 @@ def test_one_of_two_instances_of_each_stateful_service_killed_mid_session(
     offline_after_s = time.monotonic() - killed_at
     assert offline[0]["kind"] == "new" and offline[0]["severity"] == "critical"
     for g in gateways:
-        assert g.wait(timeout=240) == 0, g.output()
+        assert g.wait(timeout=GATEWAY_TIMEOUT_S) == 0, g.output()
     for theatre in first + second:
         wait_for(lambda: settled(stack, theatre, session, N_COUNTS), timeout=120)  # noqa: B023
         wait_for(lambda: alarms_closed(stack, theatre, session), timeout=60)  # noqa: B023
