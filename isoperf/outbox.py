@@ -72,7 +72,7 @@ class Emitter:
             if self._sending is not None:
                 self._sending.exception()  # ConnectionLost: the next flush sends it again
             self._sending = asyncio.ensure_future(self.outbox.send(self.publisher))
-            self._sending.add_done_callback(_retrieved)
+            self._sending.add_done_callback(retrieved)
         await asyncio.sleep(0)  # the sender starts before the next input is handled
 
     async def sent(self) -> None:
@@ -92,7 +92,8 @@ class Emitter:
         return len(self.outbox)
 
 
-def _retrieved(task: asyncio.Task[None]) -> None:
-    """A failed background send is not an unhandled error: its messages stay in the outbox."""
+def retrieved(task: asyncio.Future[None]) -> None:
+    """A done callback: a failed background task (a send whose messages stay in the outbox, a flush
+    whose messages come again) is not an unhandled error."""
     if not task.cancelled():
         task.exception()

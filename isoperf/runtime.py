@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from isoperf.backoff import Backoff, wait_or_stop
 from isoperf.deadletter import DeadLetters
 from isoperf.messages import STATUS, Inbound, MessageParser, Readings, subscriptions
+from isoperf.outbox import retrieved
 from isoperf.partition import read_theatres, theatres_in_share
 from isoperf.schemas import Event, LabSample, Leakage, Sample, SessionMeta
 from isoperf.settings import ServiceSettings
@@ -243,6 +244,10 @@ class ServiceLoop:
         async def start_flush() -> None:
             nonlocal flushing, pending
             flushing = asyncio.ensure_future(self._flush_and_ack(connection, handler, pending))
+            # A flush abandoned at shutdown (storage or broker did not answer within the drain
+            # timeout) may fail after the loop is gone: its messages come again, and its failure is
+            # no unhandled error. Every path that awaits it still sees the failure.
+            flushing.add_done_callback(retrieved)
             pending = []
             # Let the flush take what it stores (before its first await) before anything more is handled.
             await asyncio.sleep(0)
