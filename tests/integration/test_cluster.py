@@ -206,7 +206,7 @@ def test_the_node_leading_every_queue_killed_mid_session_loses_nothing(
     env = sim()
     gateways = [on_cluster.gateway(1 + i % 2, t, s, **env) for i, (t, s) in enumerate(sessions)]
     w0 = where(*sessions[0])
-    wait_for(lambda: count(stack, f"SELECT count(value) FROM reading WHERE {w0}") > 2000, timeout=60)
+    wait_for(lambda: count(stack, f"SELECT count(value) FROM reading WHERE {w0}") > 2000, timeout=300)
     cluster.kill_node(0)
     killed_at = time.monotonic()
     time.sleep(5)
@@ -266,7 +266,7 @@ def test_one_of_two_instances_of_each_stateful_service_killed_mid_session(
     gateways = [on_cluster.gateway(1 + i % 2, t, session, **env) for i, t in enumerate(first + second)]
     watched = where(first[0], session)
     # Killed while the leakage alarm is firing: the survivor must carry it on, not raise it again.
-    wait_for(lambda: rows(stack, f"SELECT kind FROM alert WHERE {watched} AND kind='new'"), timeout=120)
+    wait_for(lambda: rows(stack, f"SELECT kind FROM alert WHERE {watched} AND kind='new'"), timeout=600)
     before = count(stack, f"SELECT count(state) FROM leakage WHERE {watched}")
     for p in doomed:
         p.kill()
