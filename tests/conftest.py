@@ -118,10 +118,22 @@ class ServiceSet:
             sp.wait_online(self.stack)
         return sp
 
-    def stop_all(self) -> None:
-        for sp in self.started:
-            if sp.alive():
-                sp.stop()
+    def stop_all(self, timeout: float = 30.0) -> None:
+        """SIGTERM every process still running, then wait for each; one that does not stop in time
+        is killed (never left running for the next test) and reported."""
+        running = [sp for sp in self.started if sp.alive()]
+        for sp in running:
+            assert sp.proc is not None
+            sp.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        stuck = []
+        for sp in running:
+            try:
+                sp.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                sp.kill()
+                stuck.append(f"{sp.name} ({sp.log})")
+        assert not stuck, f"killed, not stopped {timeout:.0f} s after SIGTERM: {', '.join(stuck)}"
 
     def tracebacks(self) -> list[str]:
         """The services whose logs hold a traceback: an exception production code did not handle or expect."""
