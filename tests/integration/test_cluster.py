@@ -141,7 +141,7 @@ def reference(stack: LocalStack, cluster: LocalCluster, tmp_path_factory: pytest
         consumers(on, "recorder", "leakage", "alerts", "pk")
         env = sim()
         acq = on.gateway(1, theatre, session, **env)
-        assert acq.wait(timeout=180) == 0, acq.output()
+        assert acq.wait(timeout=GATEWAY_TIMEOUT_S) == 0, acq.output()
         wait_for(lambda: settled(stack, theatre, session, N_COUNTS), timeout=90)
         wait_for(lambda: alarms_closed(stack, theatre, session), timeout=60)
         wait_for(lambda: pk_complete(stack, theatre, session), timeout=150)
