@@ -213,6 +213,9 @@ class ServiceLoop:
         finally:
             for task in (sending, done):
                 if task is not None:
+                    # A sender that failed after the drain gave up on it (the connection gone at
+                    # shutdown): what it held stays in its journal; no unretrieved task exception.
+                    task.add_done_callback(retrieved)
                     task.cancel()
 
     async def _until_done(self, stop: asyncio.Event, sending: asyncio.Future[None] | None) -> None:
