@@ -308,10 +308,6 @@ class ServiceLoop:
         finally:
             if flushing is not None and not flushing.done():
                 await self._drain(asyncio.shield(flushing))
-            elif flushing is not None and not flushing.cancelled():
-                # Seen here even when the connection's loss is already on its way out (a failed
-                # flush and a failed receive at once): never an unretrieved task exception.
-                flushing.exception()
         if flushing is not None:
             if not flushing.done():  # storage did not answer within the drain timeout: acknowledge nothing more
                 log.error("%s: a write still pending at shutdown; its messages come again", self.service)
