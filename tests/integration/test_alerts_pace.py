@@ -151,7 +151,7 @@ def test_the_leakage_service_stopped_for_2_minutes_mid_session_loses_no_alarm_an
     stable: list[tuple[PkSeries, PkSeries]] = []
 
     def reported_last(th: str) -> float:
-        return rows(stack, f"SELECT max(reported_t) FROM sample WHERE {where(th, session)}")[0]["max"]
+        return float(rows(stack, f"SELECT max(reported_t) FROM sample WHERE {where(th, session)}")[0]["max"])
 
     last_report_ms = {th: round(reported_last(th) * 1000) for th in (theatre, reference)}
     assert last_report_ms[theatre] == last_report_ms[reference]
