@@ -33,6 +33,7 @@ from isoperf.tools.stack import LocalStack, spawn_service
 READINGS_PER_SESSION = 3960 * 5
 COUNTS_PER_SESSION = 3960
 START_T = 1_767_225_600.0
+GATEWAY_TIMEOUT_S = 900  # a session at full speed takes well under a minute; one that cannot connect, never
 
 
 def _spawn(env: dict[str, str], name: str, log: Path) -> subprocess.Popen[bytes]:
@@ -100,8 +101,12 @@ def run_once(
             )
             for i in range(n)
         ]
+        procs.extend(gateways)  # stopped with the consumers if the run fails
         for g in gateways:
-            g.wait()
+            try:
+                g.wait(timeout=GATEWAY_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"{prefix}: a gateway ran over {GATEWAY_TIMEOUT_S} s (see its log)") from None
         t1 = wait_stored(stack, prefix, n)
         stored = count(stack, f"SELECT count(value) FROM reading WHERE theatre =~ /^{prefix}-/")
         return n * READINGS_PER_SESSION / (t1 - t0), stored
@@ -126,7 +131,10 @@ def main() -> None:
             amqp = {**cluster.env(), "ISOPERF_PARTITIONS": str(args.partitions), "ISOPERF_LOG_LEVEL": "INFO"}
 
             def on_node(i: int) -> dict[str, str]:
-                return {"ISOPERF_MQTT_PORT": str(cluster.nodes[i % len(cluster.nodes)].mqtt_port)}
+                """A gateway's MQTT on node ``i``, in the protocol version the cluster's plugin speaks."""
+                node = cluster.nodes[i % len(cluster.nodes)]
+                protocol = cluster.env()["ISOPERF_MQTT_PROTOCOL"]
+                return {"ISOPERF_MQTT_PORT": str(node.mqtt_port), "ISOPERF_MQTT_PROTOCOL": protocol}
 
             for r in range(args.repeats):
                 prefixes = {name: f"r{r}{'mqa'[k]}" for k, name in enumerate(results)}
