@@ -136,8 +136,16 @@ class ServiceSet:
         assert not stuck, f"killed, not stopped {timeout:.0f} s after SIGTERM: {', '.join(stuck)}"
 
     def tracebacks(self) -> list[str]:
-        """The services whose logs hold a traceback: an exception production code did not handle or expect."""
-        return [f"{sp.name} ({sp.log})" for sp in self.started if "Traceback (most recent call last)" in sp.output()]
+        """The services whose logs hold a traceback (an exception production code did not handle or
+        expect), each with the log lines around its first one: a failure on a clean clone shows its cause."""
+        found = []
+        for sp in self.started:
+            lines = sp.output().splitlines()
+            at = next((i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line), None)
+            if at is not None:
+                excerpt = "\n".join(lines[max(0, at - 3) : at + 30])
+                found.append(f"{sp.name} ({sp.log}):\n{excerpt}")
+        return found
 
 
 @pytest.fixture
@@ -151,7 +159,7 @@ def services(
     started.stop_all()
     if not request.node.get_closest_marker("allow_logged_errors"):
         bad = started.tracebacks()
-        assert not bad, f"a traceback in the log of {', '.join(bad)}"
+        assert not bad, "a traceback in the log of " + "\n\n".join(bad)
 
 
 def wait_for(predicate: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2) -> T:

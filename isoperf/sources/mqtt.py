@@ -7,11 +7,15 @@
 * The service's retained ``offline`` status is the connection's last will.
 * Nagle's algorithm off: small readings would otherwise wait ~40 ms a hop.
 * TLS when ``ISOPERF_MQTT_TLS`` is set: the broker's certificate and name are verified.
+* A lost connection whose socket closed before the event loop could start watching it is a
+  warning, not an error (:func:`tolerate_closed_sockets`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -27,6 +31,8 @@ from isoperf.settings import ServiceSettings
 from isoperf.sources import Connection, ConnectionLost, Delivery
 from isoperf.sources.mqtt_ack import ManualAck
 from isoperf.tls import client_context, probe
+
+log = logging.getLogger(__name__)
 
 
 def _password(settings: ServiceSettings) -> str | None:
@@ -47,6 +53,41 @@ def broker_name(settings: ServiceSettings) -> str:
 
 _properties: Callable[[int], Properties] = Properties  # paho's constructor, untyped
 SESSION_KEPT_S = 0xFFFFFFFF  # MQTT 5: the broker keeps the session (and what it holds) for ever
+
+
+def _closed_socket_race(context: dict[str, Any]) -> bool:
+    """aiomqtt asks the event loop, from paho's callbacks, to watch the socket "soon"; when the broker
+    drops the connection in between, the socket is closed first and the loop's ``add_writer`` (or
+    ``add_reader``) fails with EBADF. The connection is gone either way; the consume loop reconnects."""
+    exc, handle = context.get("exception"), context.get("handle")
+    return (
+        isinstance(exc, OSError)
+        and exc.errno == errno.EBADF
+        and isinstance(handle, asyncio.Handle)
+        and any(f".{name}(" in repr(handle) for name in ("add_writer", "add_reader"))
+    )
+
+
+def tolerate_closed_sockets(loop: asyncio.AbstractEventLoop) -> None:
+    """Log aiomqtt's closed-socket race (:func:`_closed_socket_race`) as a warning without a traceback;
+    every other error of the loop goes to the handler it had (or the default one). Installed once."""
+    previous = loop.get_exception_handler()
+    if getattr(previous, "tolerates_closed_sockets", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if _closed_socket_race(context):
+            log.warning(
+                "MQTT: the socket closed before the event loop watched it (%s); the connection is lost",
+                context["exception"],
+            )
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.tolerates_closed_sockets = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
 
 
 class BrokerRefused(aiomqtt.MqttError):
@@ -155,6 +196,7 @@ class MqttSource:
     @asynccontextmanager
     async def connect(self, subscriptions: Sequence[str]) -> AsyncIterator[Connection]:
         s = self.settings
+        tolerate_closed_sockets(asyncio.get_running_loop())
         client = aiomqtt.Client(
             s.mqtt_host,
             s.mqtt_port,

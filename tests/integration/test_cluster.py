@@ -49,7 +49,7 @@ def on_cluster(stack: LocalStack, cluster: LocalCluster, tmp_path: Path) -> Iter
     yield started
     started.stop_all()
     bad = started.tracebacks()
-    assert not bad, f"a traceback in the log of {', '.join(bad)}"
+    assert not bad, "a traceback in the log of " + "\n\n".join(bad)
 
 
 def declare(cluster: LocalCluster, directory: Path, theatres: list[str]) -> None:
