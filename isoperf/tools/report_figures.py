@@ -339,21 +339,19 @@ def pk_plot(ctx: Context, sess: PkSession | None) -> Figure:
         )
     for ax, site in ((circ, "circuit"), (body, "systemic")):
         if len(samples):
-            mine = samples[samples["site"] == site]
-            ax.plot(
-                ctx.clock.minutes(mine.index),
-                mine["melphalan_ug_ml"].astype(float),
-                "o",
-                ms=3.5,
-                color="tab:red",
-                label="lab samples (at draw time)",
-            )
+            _lab_points(ctx, ax, samples[samples["site"] == site], "lab samples (at draw time)")
         frame(ctx, ax, labels=ax is circ)
         ax.set_ylabel(f"{site} melphalan, µg/mL")
         ax.legend(loc="upper right" if ax is circ else "upper left", framealpha=0.9)
     circ.set_xlabel("")
     fig.tight_layout()
     return fig
+
+
+def _lab_points(ctx: Context, ax: Axes, samples: pd.DataFrame, label: str) -> None:
+    """Lab samples as red dots at their draw times."""
+    x = ctx.clock.minutes(samples.index)
+    ax.plot(x, samples["melphalan_ug_ml"].astype(float), "o", ms=3.5, color="tab:red", label=label)
 
 
 def release_plot(ctx: Context) -> Figure:
@@ -394,14 +392,7 @@ def release_plot(ctx: Context) -> Figure:
             label="predicted peak, as it stood at each estimate",
         )
     if len(systemic):
-        ax.plot(
-            ctx.clock.minutes(systemic.index),
-            systemic["melphalan_ug_ml"].astype(float),
-            "o",
-            ms=3.5,
-            color="tab:red",
-            label="systemic lab samples (at draw time)",
-        )
+        _lab_points(ctx, ax, systemic, "systemic lab samples (at draw time)")
     ax.set_xlim(lo, hi)
     ax.set_ylabel("systemic melphalan, µg/mL")
     ax.legend(loc="upper right", framealpha=0.9)
