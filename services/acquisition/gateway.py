@@ -25,6 +25,28 @@ log = logging.getLogger(__name__)
 Outgoing = tuple[str, BaseModel, bool]  # topic, message (with a ``journal_seq`` field), retained
 
 
+class ResendWait:
+    """How long a published message waits for its confirmation before it is published again.
+
+    At least ``base_s`` (``ISOPERF_JOURNAL_RESEND_AFTER_S``). A recorder that is slow, not lost
+    (a loaded server, a long backlog), confirms late: copies sent after a fixed wait would only
+    add to its load, and under load they come back late too, so the backlog grows on itself. So,
+    as TCP sets its retransmission timeout: each confirmation brings the wait to twice the time
+    it took (never below ``base_s``, and never falling faster than a tenth a confirmation); each
+    timed resend doubles it; ``max_factor`` times ``base_s`` at most.
+    """
+
+    def __init__(self, base_s: float, max_factor: float = 20.0) -> None:
+        self.base_s, self.max_s = base_s, base_s * max_factor
+        self.wait_s = base_s
+
+    def confirmed(self, took_s: float) -> None:
+        self.wait_s = min(self.max_s, max(self.base_s, 2.0 * took_s, 0.9 * self.wait_s))
+
+    def resent(self) -> None:
+        self.wait_s = min(self.max_s, 2.0 * self.wait_s)
+
+
 class Gateway(Handler):
     """Journals what the devices say, publishes it, and forgets it once stored.
 
@@ -39,6 +61,7 @@ class Gateway(Handler):
     ) -> None:
         self.journal, self.topics, self.theatre = journal, topics, theatre
         self.resend_after_s, self.warn_fraction = resend_after_s, warn_fraction
+        self.resend_wait = ResendWait(resend_after_s)
         self.filling = False
         self.published = 0
         self.confirmed = 0
@@ -86,7 +109,10 @@ class Gateway(Handler):
     async def handle(self, message: Inbound) -> None:
         if message.theatre != self.theatre or not isinstance(message.body, Stored):
             return
-        self.confirmed += self.journal.confirm(message.theatre, message.session, message.body.seqs)
+        done = self.journal.confirm(message.theatre, message.session, message.body.seqs)
+        self.confirmed += done.removed
+        if done.oldest_sent_at is not None:
+            self.resend_wait.confirmed(time.time() - done.oldest_sent_at)
 
     async def flush(self) -> None:
         pass
@@ -106,9 +132,16 @@ class Gateway(Handler):
         while True:
             if time.monotonic() >= next_check:  # also while data flows: a confirmation may never come
                 next_check = time.monotonic() + self.resend_after_s / 2
-                n = self.journal.resend(older_than=time.time() - self.resend_after_s)
+                waited = self.resend_wait.wait_s
+                n = self.journal.resend(older_than=time.time() - waited)
                 if n:
-                    log.warning("%d messages unconfirmed for %.0f s: sending them again", n, self.resend_after_s)
+                    self.resend_wait.resent()
+                    log.warning(
+                        "%d messages unconfirmed for %.0f s: sending them again (the next wait %.0f s)",
+                        n,
+                        waited,
+                        self.resend_wait.wait_s,
+                    )
             entries = self.journal.unsent()
             if not entries:
                 self.journal.changed.clear()

@@ -6,9 +6,9 @@ gateway process or of the broker (not necessarily a power cut of the gateway's o
 which ``ISOPERF_JOURNAL_SYNC_FULL`` covers at the cost of an fsync per batch). Each message
 carries its journal sequence number ``journal_seq`` in its payload; the recorder publishes, per
 session, the sequence numbers it has stored (topic ``stored``), and only those rows are
-deleted. After a reconnection, and for anything published but unconfirmed for
-``resend_after_s``, the gateway publishes again; storage is idempotent, so a duplicate
-changes nothing.
+deleted. After a reconnection, and for anything published but unconfirmed for longer than
+the gateway's resend wait (``gateway.ResendWait``), the gateway publishes again; storage is
+idempotent, so a duplicate changes nothing.
 
 The journal is bounded (``max_bytes``): past ``warn_fraction`` of it the gateway says so in
 its status (an alarm), and a full journal refuses new messages with an error in the log
@@ -65,6 +65,15 @@ class Backlog:
     @property
     def fill(self) -> float:
         return self.bytes / self.capacity_bytes
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """What a confirmation removed: how many rows, and when the earliest of them was last published
+    (``None`` if none had been: a confirmation of a copy sent before a reconnection)."""
+
+    removed: int
+    oldest_sent_at: float | None
 
 
 class Journal:
@@ -131,19 +140,24 @@ class Journal:
             self._db.executemany("UPDATE journal SET sent_at = ? WHERE seq = ?", ((when, s) for s in seqs))
         self.changed.set()  # the unsent backlog shrank: a source held back by it may go on
 
-    def confirm(self, theatre: str, session: str, ranges: Iterable[tuple[int, int]]) -> int:
-        """The recorder stored these sequence numbers of a session: forget them. Returns how many rows went."""
-        removed = 0
+    def confirm(self, theatre: str, session: str, ranges: Iterable[tuple[int, int]]) -> Confirmed:
+        """The recorder stored these sequence numbers of a session: forget them. Says how many rows
+        went and when the earliest of them had last been published."""
+        removed, oldest = 0, None
         with self._tx():
             for lo, hi in ranges:
                 args = (theatre, session, lo, hi)
                 where = "theatre = ? AND session = ? AND seq BETWEEN ? AND ?"
-                size = self._db.execute(f"SELECT coalesce(sum(length(payload)), 0) FROM journal WHERE {where}", args)
-                self._bytes -= int(size.fetchone()[0])
+                size, sent = self._db.execute(
+                    f"SELECT coalesce(sum(length(payload)), 0), min(sent_at) FROM journal WHERE {where}", args
+                ).fetchone()
+                self._bytes -= int(size)
+                if sent is not None:
+                    oldest = float(sent) if oldest is None else min(oldest, float(sent))
                 removed += self._db.execute(f"DELETE FROM journal WHERE {where}", args).rowcount
         if removed:
             self.changed.set()
-        return removed
+        return Confirmed(removed, oldest)
 
     def resend(self, older_than: float | None = None) -> int:
         """Mark unconfirmed messages for publication again: all of them (after a reconnection), or

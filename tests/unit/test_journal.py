@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from isoperf.schemas import Event, GatewayStatus, Reading
-from services.acquisition.gateway import Gateway
+from services.acquisition.gateway import Gateway, ResendWait
 from services.acquisition.journal import Journal, JournalFull
 from services.alerts.engine import SessionAlerts
 from services.alerts.rules import AlertRules
@@ -29,8 +29,8 @@ def test_a_message_leaves_the_journal_only_when_confirmed_and_survives_a_restart
     assert [msgpack.unpackb(e.payload)["journal_seq"] for e in entries] == [1, 2, 3, 4, 5]
     journal.mark_sent(e.seq for e in entries)
     assert journal.backlog().unsent == 0 and journal.backlog().messages == 5
-    assert journal.confirm("th-1", "other-session", [(1, 5)]) == 0, "another session's confirmation removes nothing"
-    assert journal.confirm("th-1", "s-1", [(1, 2), (4, 4)]) == 3
+    assert journal.confirm("th-1", "other-session", [(1, 5)]).removed == 0, "another session's removes nothing"
+    assert journal.confirm("th-1", "s-1", [(1, 2), (4, 4)]).removed == 3
     journal.close()
     again = Journal(path)  # a restarted gateway sends what is unconfirmed, and numbers on
     assert [e.seq for e in again.unsent()] == [3, 5]
@@ -83,4 +83,48 @@ async def test_unconfirmed_messages_go_again_while_data_keeps_flowing_and_backpr
     sender.cancel()
     first = [p for t, p in pub.sent if msgpack.unpackb(p)["journal_seq"] == 1]
     assert len(first) >= 2, "an unconfirmed message is sent again although the journal keeps changing"
+    journal.close()
+
+
+async def test_copies_of_an_unconfirmed_message_come_further_and_further_apart(tmp_path: Path) -> None:
+    """With no confirmation, a fixed wait of 0.2 s would send the first message 7 or 8 times in 1.6 s;
+    the doubling wait sends it at about 0, 0.2, 0.6 and 1.4 s."""
+    journal = Journal(tmp_path / "j.sqlite")
+    gateway = Gateway(journal, TOPICS, "th-1", resend_after_s=0.2)
+    pub = FakePublisher()
+    gateway.put([(TOPICS.raw("th-1", "s-1", "counts"), Reading(t=T, v=1.0), False)])
+    sender = asyncio.create_task(gateway.drain_to(pub))
+    await asyncio.sleep(1.6)
+    sender.cancel()
+    sends = len(pub.sent)
+    assert 2 <= sends <= 4, f"sent {sends} times"
+    assert gateway.resend_wait.wait_s >= 0.2 * 2 ** (sends - 1)
+    journal.close()
+
+
+def test_the_resend_wait_follows_how_long_confirmations_take() -> None:
+    wait = ResendWait(30.0)
+    wait.confirmed(5.0)
+    assert wait.wait_s == 30.0, "never below the configured wait"
+    wait.confirmed(40.0)
+    assert wait.wait_s == 80.0, "twice what the slowest confirmation took"
+    for _ in range(3):
+        wait.resent()
+    assert wait.wait_s == 600.0, "doubled by each resend, up to 20 times the configured wait"
+    wait.confirmed(1.0)
+    assert wait.wait_s == 540.0, "falling by a tenth a confirmation at most"
+    for _ in range(40):
+        wait.confirmed(1.0)
+    assert wait.wait_s == 30.0
+
+
+def test_a_confirmation_says_when_its_earliest_message_was_published(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    gateway = Gateway(journal, TOPICS, "th-1")
+    gateway.put([(TOPICS.raw("th-1", "s-1", "counts"), Reading(t=T + i, v=1.0), False) for i in range(4)])
+    journal.mark_sent([1, 2], at=100.0)
+    journal.mark_sent([3], at=90.0)
+    done = journal.confirm("th-1", "s-1", [(1, 4)])
+    assert (done.removed, done.oldest_sent_at) == (4, 90.0), "the unsent fourth counts, its time does not"
+    assert journal.confirm("th-1", "s-1", [(1, 4)]).oldest_sent_at is None
     journal.close()
