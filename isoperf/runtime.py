@@ -32,7 +32,7 @@ from isoperf.deadletter import DeadLetters
 from isoperf.messages import STATUS, Inbound, MessageParser, Readings, subscriptions
 from isoperf.outbox import retrieved
 from isoperf.partition import read_theatres, theatres_in_share
-from isoperf.schemas import Event, LabSample, Leakage, Sample, SessionMeta
+from isoperf.schemas import Event, LabSample, Leakage, LeakageSeries, Sample, SessionMeta
 from isoperf.settings import ServiceSettings
 from isoperf.sources import Connection, ConnectionLost, Delivery, Publisher, Source
 from isoperf.timewindow import Rejection, SessionWindows, WindowRules
@@ -361,6 +361,21 @@ class ServiceLoop:
                     out.append(rejection)
             if out:  # what is inside goes on (maybe nothing: the message is still confirmed)
                 return dataclasses.replace(message, body=dataclasses.replace(body, readings=kept)), out
+        elif isinstance(body, LeakageSeries):
+            times = [x.t for x in body.points]
+            if self.windows.take_all(key, times[0], min(times), max(times), now):
+                return message, []
+            inside: list[Leakage] = []
+            rejected: list[Rejection] = []
+            for x in body.points:
+                rejection = self.windows.judge(key, x.t, now)
+                if rejection is None:
+                    inside.append(x)
+                else:
+                    rejected.append(rejection)
+            if rejected:  # a series has at least one point: with none inside, nothing is handled
+                series = LeakageSeries.model_construct(points=inside)
+                return (dataclasses.replace(message, body=series) if inside else None), rejected
         elif isinstance(body, Event | Leakage | LabSample):
             rejection = self.windows.judge(key, body.t, now, moves=not isinstance(body, LabSample))
             if rejection is not None:

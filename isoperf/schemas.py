@@ -244,6 +244,20 @@ class Leakage(_Model):
     probe_fault: ProbeFault | None = None
 
 
+# At most this many points a ``leakage/series`` message (about 150 kB): a larger batch of counts
+# yields several messages.
+SERIES_MAX_POINTS = 1_000
+
+
+class LeakageSeries(_Model):
+    """Extension of contract v1 (topic ``leakage/series``): the leakage points that one message of
+    counts yielded when it yielded more than one (a batch of counts: an accelerated or replayed
+    session, a device read in batches), in event-time order. Every point is published once: alone
+    on ``leakage``, or in a series; a program that wants every point subscribes to ``leakage/#``."""
+
+    points: list[Leakage] = Field(min_length=1, max_length=SERIES_MAX_POINTS)
+
+
 class Alert(_Model):
     t: EventTime
     id: str = Field(min_length=1, max_length=128)
@@ -412,6 +426,7 @@ SESSION_MESSAGES: dict[str, type[BaseModel]] = {
     "event": Event,
     "sample": LabSample,
     "leakage": Leakage,
+    "leakage/series": LeakageSeries,
     "pk": Pk,
     "pk/release": PkRelease,
     "alert": Alert,

@@ -144,7 +144,7 @@ async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Ev
     topics = Topics()
     printer = Printer(out=lambda line: print(line, flush=True), hold_s=max(HOLD_S, HOLD_WALL_S * speed))
     async with aiomqtt.Client(stack.host, stack.mqtt_port, identifier=f"isoperf-demo-watch-{os.getpid()}") as client:
-        for kind in ("event", "leakage", "alert", "sample", "pk"):
+        for kind in ("event", "leakage", "leakage/series", "alert", "sample", "pk"):
             await client.subscribe(topics.session(theatre, session, kind), qos=1)
         messages = aiter(client.messages)
         while not done.is_set():
@@ -153,7 +153,9 @@ async def _watch(stack: LocalStack, theatre: str, session: str, done: asyncio.Ev
             except TimeoutError:
                 continue
             data = decode(message.payload if isinstance(message.payload, bytes) else b"")
-            printer.message(message.topic.value.rsplit("/", 1)[-1], data)
+            kind = message.topic.value.rsplit("/", 1)[-1]
+            for point in data["points"] if kind == "series" else [data]:  # points of a batch of counts
+                printer.message("leakage" if kind == "series" else kind, point)
     printer.flush()
 
 

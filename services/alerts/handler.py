@@ -46,6 +46,7 @@ from isoperf.schemas import (
     Event,
     GatewayStatus,
     Leakage,
+    LeakageSeries,
     Pk,
     Reading,
     Sample,
@@ -85,7 +86,7 @@ def _critical(service: str) -> bool:
 
 class AlertsHandler:
     kinds: tuple[str, ...] = (
-        "meta", "event", "raw/+", "leakage", "device", "alert/ack", "alert/silence", "status", "pk",
+        "meta", "event", "raw/+", "leakage", "leakage/series", "device", "alert/ack", "alert/silence", "status", "pk",
     )  # fmt: skip
 
     def __init__(
@@ -160,7 +161,7 @@ class AlertsHandler:
         if isinstance(body, AlertAck):
             self._acknowledge(key, body)
             return
-        if isinstance(body, Leakage | Readings | Event | Pk):
+        if isinstance(body, Leakage | LeakageSeries | Readings | Event | Pk):
             if key in self.ended:
                 log.debug("%s/%s has ended; ignoring a late %s message", *key, message.kind)
                 return
@@ -168,7 +169,8 @@ class AlertsHandler:
                 # stale-data rules: the circuit's own signals (a blood-gas monitor reports per minutes)
                 self._received.setdefault(key, {})[body.signal] = self.clock()
             self._start_session(key)
-            self._hold(key, body)
+            for item in body.points if isinstance(body, LeakageSeries) else (body,):
+                self._hold(key, item)  # a series' points one by one, as if each had come alone
             self._release(key)
             return
         if isinstance(body, GatewayStatus):

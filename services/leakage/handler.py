@@ -21,7 +21,7 @@ from isoperf.outbox import Emitter
 from isoperf.points import leakage_line
 from isoperf.queries import session_where
 from isoperf.runtime import Handler
-from isoperf.schemas import Event, Leakage, SessionMeta
+from isoperf.schemas import SERIES_MAX_POINTS, Event, Leakage, LeakageSeries, SessionMeta
 from isoperf.sources import Publisher
 from isoperf.topics import Topics
 from services.leakage.estimator import EstimatorParams, LeakageEstimator
@@ -92,12 +92,18 @@ class LeakageHandler(Handler):
 
     def _collect(self, key: tuple[str, str], sess: _Session) -> None:
         sess.last_seen = self.clock()
-        for point in sess.estimator.update():
-            self._emit(key, point)
+        self._emit(key, sess.estimator.update())
 
-    def _emit(self, key: tuple[str, str], point: Leakage) -> None:
-        """Queue a point for publication (QoS 1) and storage."""
-        self.emitter.emit(self.topics.session(*key, "leakage"), encode(point), [leakage_line(*key, point)])
+    def _emit(self, key: tuple[str, str], points: list[Leakage]) -> None:
+        """Queue points for publication (QoS 1) and storage: one point alone on ``leakage``, more
+        than one (a batch of counts) as ``leakage/series`` messages, each point once."""
+        if len(points) == 1:
+            self.emitter.emit(self.topics.session(*key, "leakage"), encode(points[0]), [leakage_line(*key, points[0])])
+            return
+        topic = self.topics.session(*key, "leakage/series")
+        for i in range(0, len(points), SERIES_MAX_POINTS):
+            chunk = points[i : i + SERIES_MAX_POINTS]
+            self.emitter.emit(topic, encode(LeakageSeries(points=chunk)), [leakage_line(*key, p) for p in chunk])
 
     async def flush(self) -> None:
         """Store the points; publish any a lost connection held back."""
@@ -126,16 +132,13 @@ class LeakageHandler(Handler):
         n = await load_session(self.influx, theatre, session, sess.estimator, isotope_known=key in self.isotopes)
         last = await self.influx.rows(f"SELECT last(state) FROM leakage WHERE {session_where(theatre, session)}")
         last_t = last[0]["time"] / 1000.0 if last else None
-        missing = 0
-        for point in sess.estimator.update():
-            if last_t is None or point.t > last_t + 0.0005:
-                self._emit(key, point)
-                missing += 1
+        missing = [p for p in sess.estimator.update() if last_t is None or p.t > last_t + 0.0005]
+        self._emit(key, missing)
         if n:
             log.info(
                 "rebuilt %s/%s from %d stored counts; %d points were missing from storage",
                 theatre,
                 session,
                 n,
-                missing,
+                len(missing),
             )

@@ -41,7 +41,7 @@ from isoperf.outbox import Emitter
 from isoperf.points import pk_line, pk_release_lines
 from isoperf.queries import session_where
 from isoperf.runtime import Handler
-from isoperf.schemas import Event, LabSample, Leakage, Pk, PkRelease, SessionMeta
+from isoperf.schemas import Event, LabSample, Leakage, LeakageSeries, Pk, PkRelease, SessionMeta
 from isoperf.sources import ConnectionLost, Publisher
 from isoperf.topics import Topics
 from services.pk.history import stored_inputs, stored_queries
@@ -71,7 +71,7 @@ class PkHandler(Handler):
     # other service. Without them only events and leakage would, and an event 25 minutes after the
     # last of either (the drug stop after the drug start, while the leakage service is behind or
     # away: a replay, an outage) was kept aside as a wild time.
-    kinds: tuple[str, ...] = ("meta", "event", "sample", "leakage", "raw/counts")
+    kinds: tuple[str, ...] = ("meta", "event", "sample", "leakage", "leakage/series", "raw/counts")
 
     def __init__(
         self,
@@ -113,14 +113,15 @@ class PkHandler(Handler):
             if key in self.sessions:
                 self.sessions[key].set_meta(body)
             return
-        if not isinstance(body, Event | LabSample | Leakage):
+        if not isinstance(body, Event | LabSample | Leakage | LeakageSeries):
             return
         order = self._order(key)
         await self._session(key)
         now = self.clock()
-        if isinstance(body, Leakage):
+        if isinstance(body, Leakage | LeakageSeries):
             order.expect("leakage")
-            order.add("leakage", body.t, body, now)
+            for point in body.points if isinstance(body, LeakageSeries) else (body,):
+                order.add("leakage", point.t, point, now)  # a series' points one by one
         elif isinstance(body, Event):
             order.add("inputs", body.t, body, now)
         else:  # a lab result enters the session when it was reported

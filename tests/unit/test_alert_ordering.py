@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from isoperf.codec import decode, encode
-from isoperf.schemas import Event, Leakage, ReadingBatch
+from isoperf.schemas import Event, Leakage, LeakageSeries, ReadingBatch
 from services.alerts.handler import AlertsHandler
 from services.alerts.rules import AlertRules
 from tests.fakes import TOPICS, FakePublisher, FakeWriter, deliver
@@ -35,9 +35,16 @@ async def counts(h: AlertsHandler, first: int, last: int) -> None:
     await deliver(h, TOPICS.raw(*KEY, "counts"), encode(batch))
 
 
-async def leakage(h: AlertsHandler, first: int, last: int, pct: float = 3.0) -> None:
-    for i in range(first, last + 1):
-        leak = Leakage(t=T + i, state="monitoring", percent=pct, ci_low=pct - 0.5, ci_high=pct + 0.5)
+async def leakage(h: AlertsHandler, first: int, last: int, pct: float = 3.0, series: bool = False) -> None:
+    """Points at ``first`` to ``last`` s: one message each, or (``series``) all in one ``leakage/series``."""
+    points = [
+        Leakage(t=T + i, state="monitoring", percent=pct, ci_low=pct - 0.5, ci_high=pct + 0.5)
+        for i in range(first, last + 1)
+    ]
+    if series:
+        await deliver(h, TOPICS.session(*KEY, "leakage/series"), encode(LeakageSeries(points=points)))
+        return
+    for leak in points:
         await deliver(h, TOPICS.session(*KEY, "leakage"), encode(leak))
 
 
@@ -49,18 +56,21 @@ def sent(pub: FakePublisher) -> list[tuple[str, str, float]]:
     return [(a["rule"], a["kind"], a["t"] - T) for a in map(decode, (p for _, p in pub.sent))]
 
 
-async def test_an_event_is_held_until_the_leakage_derived_from_the_counts_before_it_has_come(tmp_path: Path) -> None:
+@pytest.mark.parametrize("series", [False, True], ids=["points", "series"])
+async def test_an_event_is_held_until_the_leakage_derived_from_the_counts_before_it_has_come(
+    tmp_path: Path, series: bool
+) -> None:
     clock, pub = Clock(), FakePublisher()
     h = handler(tmp_path, clock, pub)
     await counts(h, 1, 10)
     await event(h, "isolation_end", 8)  # the producer is ahead: the leakage service has not caught up
     await event(h, "session_end", 10)
-    await leakage(h, 1, 5)
+    await leakage(h, 1, 5, series=series)
     assert sent(pub) == [("leakage", "new", 1.0)], "the isolation has not ended yet in event time"
     clock.now += 5.0
     h.tick()
     assert len(h.orders[KEY]) == 3, "the events wait, and the counts batch that ends after them"
-    await leakage(h, 6, 9)  # a point after the isolation's end changes nothing
+    await leakage(h, 6, 9, series=series)  # a point after the isolation's end changes nothing
     assert sent(pub) == [("leakage", "new", 1.0), ("leakage", "resolved", 8.0)]
     await h.flush()
     assert KEY in h.sessions, "not closed before every input has passed its end"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from isoperf.codec import decode, encode
-from isoperf.schemas import Event, Leakage, Pk, Reading, ReadingBatch
+from isoperf.schemas import SERIES_MAX_POINTS, Event, Leakage, LeakageSeries, Pk, Reading, ReadingBatch
 from services.acquisition.simulator import SimConfig, simulate
 from services.alerts.handler import AlertsHandler
 from services.alerts.rules import AlertRules
@@ -67,8 +67,11 @@ async def test_leakage_handler_publishes_then_stores_and_skips_redelivered_sampl
     counts = [(T + i, (40.0 if i <= 10 else 340.0 + (30.0 if i > 100 else 0.0)) + (i % 3 - 1)) for i in range(1, 121)]
     await deliver(h, TOPICS.raw("or-1", "s-1", "counts"), encode(ReadingBatch(samples=counts, dt=1.0)))
     await h.flush()
-    published = [decode(p) for _, p in pub.sent]
+    # A batch of counts: its 120 points in one series message, each point stored.
+    assert [topic for topic, _ in pub.sent] == [TOPICS.session("or-1", "s-1", "leakage/series")]
+    published = decode(pub.sent[0][1])["points"]
     assert len(published) == 120 and len(writer.stored) == 120
+    assert [p["t"] for p in published] == [t for t, _ in counts]
     assert [p["state"] for p in published[:3]] == ["background"] * 3
     last = published[-1]
     assert last["state"] == "monitoring"
@@ -76,7 +79,25 @@ async def test_leakage_handler_publishes_then_stores_and_skips_redelivered_sampl
     # The same batch again (a redelivery after a crash) yields nothing new.
     await deliver(h, TOPICS.raw("or-1", "s-1", "counts"), encode(ReadingBatch(samples=counts, dt=1.0)))
     await h.flush()
-    assert len(pub.sent) == 120
+    assert len(pub.sent) == 1
+    # One count (live, in real time): its one point alone on the contract's leakage topic.
+    await deliver(h, TOPICS.raw("or-1", "s-1", "counts"), encode(Reading(t=T + 121, v=371.0)))
+    await h.flush()
+    assert pub.sent[-1][0] == TOPICS.session("or-1", "s-1", "leakage") and decode(pub.sent[-1][1])["t"] == T + 121
+    assert len(writer.stored) == 121
+
+
+async def test_leakage_handler_splits_a_long_series() -> None:
+    """More points than a series message holds: several messages, every point once, in order."""
+    writer, pub = FakeWriter(), FakePublisher()
+    h = LeakageHandler(TOPICS, pub, writer, None, EstimatorParams())
+    counts = [(T + i, 40.0 + (i % 3)) for i in range(1, 2 * SERIES_MAX_POINTS + 101)]
+    await deliver(h, TOPICS.raw("or-1", "s-1", "counts"), encode(ReadingBatch(samples=counts, dt=1.0)))
+    await h.flush()
+    sizes = [len(decode(payload)["points"]) for _, payload in pub.sent]
+    assert sizes == [SERIES_MAX_POINTS, SERIES_MAX_POINTS, 100]
+    times = [p["t"] for _, payload in pub.sent for p in decode(payload)["points"]]
+    assert times == [t for t, _ in counts] and len(writer.stored) == len(counts)
 
 
 async def test_leakage_handler_refuses_what_it_does_not_take() -> None:

@@ -8,8 +8,8 @@ import functools
 
 import pytest
 
-from isoperf.codec import encode
-from isoperf.schemas import Leakage
+from isoperf.codec import decode, encode
+from isoperf.schemas import SERIES_MAX_POINTS, Leakage, LeakageSeries
 from services.acquisition.simulator import LeakScenario, SimConfig, simulate
 from services.pk.handler import PkHandler
 from tests.fakes import TOPICS, FakePublisher, FakeWriter, deliver
@@ -43,6 +43,30 @@ def inputs(
     return sorted((x for x in out if x[0] < until), key=lambda x: x[0])
 
 
+def in_series(arrivals: list[tuple[float, str, bytes]], most: int) -> list[tuple[float, str, bytes]]:
+    """The same inputs with runs of leakage points arriving together as ``leakage/series`` messages of
+    at most ``most`` points, when the last of them would have come (a batch of counts)."""
+    out: list[tuple[float, str, bytes]] = []
+    run: list[tuple[float, Leakage]] = []
+
+    def close() -> None:
+        if run:
+            series = LeakageSeries(points=[point for _, point in run])
+            out.append((run[-1][0], "leakage/series", encode(series)))
+            run.clear()
+
+    for arrived, kind, payload in arrivals:
+        if kind != "leakage":
+            close()
+            out.append((arrived, kind, payload))
+            continue
+        run.append((arrived, Leakage.model_validate(decode(payload))))
+        if len(run) == most:
+            close()
+    close()
+    return out
+
+
 def _point(line: str) -> tuple[str, str]:
     return line.split(",", 1)[0], line.rsplit(" ", 1)[1]  # measurement, time
 
@@ -57,9 +81,14 @@ def first_by_time(lines: list[str], measurement: str = "pk") -> dict[tuple[str, 
     return {_point(line): line for line in reversed(lines) if _point(line)[0] == measurement}
 
 
-def run(outage: tuple[float, float] | None, until_s: float = 1200.0, cfg: SimConfig = STEADY) -> list[str]:
-    """Every line the handler stored, in order, with its clock following the arrivals."""
+def run(
+    outage: tuple[float, float] | None, until_s: float = 1200.0, cfg: SimConfig = STEADY, series: int = 0
+) -> list[str]:
+    """Every line the handler stored, in order, with its clock following the arrivals; the leakage
+    in series of at most ``series`` points if given."""
     arrivals = inputs(outage, until_s, cfg)
+    if series:
+        arrivals = in_series(arrivals, series)
     clock = [arrivals[0][0]]
     writer = FakeWriter()
     handler = PkHandler(TOPICS, FakePublisher(), writer, None, hold_s=HOLD_S, clock=lambda: clock[0])
@@ -86,6 +115,16 @@ def test_estimates_sent_before_the_leakage_came_are_corrected_to_those_of_a_sess
     assert stored_by_time(late) == stored_by_time(in_time)
     # The check can fail: as first sent, the estimates of the outage lacked the leakage.
     assert first_by_time(late) != stored_by_time(in_time)
+
+
+def test_leakage_in_series_gives_the_estimates_of_leakage_point_by_point() -> None:
+    """Batches of counts yield the leakage as series (every 10 s here), and a restarted leakage
+    service sends its backlog as series of up to 1,000 points: the same stored estimates."""
+    in_time = stored_by_time(run(None))
+    assert stored_by_time(run(None, series=10)) == in_time
+    cfg = SimConfig()
+    late = run((cfg.start_t + cfg.drug_start_at_s - 60.0, 5.0), series=SERIES_MAX_POINTS)
+    assert stored_by_time(late) == in_time
 
 
 @functools.cache

@@ -22,7 +22,7 @@ from isoperf.deadletter import DeadLetters
 from isoperf.messages import Inbound, Readings
 from isoperf.outbox import Emitter, Outbox
 from isoperf.runtime import ServiceLoop, health_file
-from isoperf.schemas import Reading, ReadingBatch
+from isoperf.schemas import Leakage, LeakageSeries, Reading, ReadingBatch
 from isoperf.settings import ServiceSettings
 from isoperf.sources import Connection, ConnectionLost, Delivery
 from isoperf.timewindow import Rejection
@@ -327,6 +327,44 @@ async def test_a_wild_time_is_kept_aside_sample_by_sample_and_the_handler_hears_
     records = [json.loads(x) for x in (tmp_path / "dead" / "test.jsonl").read_text().splitlines()]
     assert len(records) == 2
     assert all("6 h after the session's latest input" in r["reason"] for r in records), records
+    stop.set()
+    await task
+
+
+class LeakageHeard(RejectionsHeard):
+    kinds: tuple[str, ...] = ("raw/counts", "leakage/series")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.points: list[float] = []
+
+    async def handle(self, message: Inbound) -> None:
+        if isinstance(message.body, LeakageSeries):
+            self.points.extend(p.t for p in message.body.points)
+        else:
+            await super().handle(message)
+
+
+async def test_a_wild_time_in_a_leakage_series_is_kept_aside_point_by_point(
+    tmp_path: Path, source: MemorySource
+) -> None:
+    handler = LeakageHeard()
+    loop = ServiceLoop(settings(tmp_path), "test", source, handler=handler)
+    stop, task = await run_loop(loop)
+    topic = TOPICS.session("or-1", "s-1", "leakage/series")
+    source.put(*reading(1.0))
+    wild = T + 6 * 3600
+
+    def series(*times: float) -> bytes:
+        return encode(LeakageSeries(points=[Leakage(t=t, state="background") for t in times]))
+
+    source.put(topic, series(T + 1.0, T + 2.0))  # inside: passed on whole
+    source.put(topic, series(T + 3.0, wild, T + 4.0))
+    source.put(topic, series(wild, wild + 1.0))  # nothing inside: confirmed, never handled
+    await until(lambda: len(source.acked) == 4)
+    assert handler.points == [T + 1.0, T + 2.0, T + 3.0, T + 4.0]
+    assert handler.rejected_times == [wild, wild, wild + 1.0]
+    assert len((tmp_path / "dead" / "test.jsonl").read_text().splitlines()) == 2
     stop.set()
     await task
 
