@@ -74,22 +74,28 @@ def _payload(message: aiomqtt.Message) -> dict[str, Any]:
     return decode(message.payload if isinstance(message.payload, bytes) else b"")
 
 
+def _latest(leakage: dict[str, Any]) -> dict[str, Any]:
+    """A leakage point, or the last point of a series."""
+    points = leakage.get("points")
+    return points[-1] if isinstance(points, list) else leakage
+
+
 async def probe(client: aiomqtt.Client, rounds: int) -> list[float]:
     name = "probe"
     s = simulate(SimConfig(start_t=START_T, leak=LeakScenario(release_pct=0.0), perfusion_s=36000.0), 99)
     base = f"perfusion/{name}/{name}"
     await client.subscribe(f"{base}/alert", qos=1)
-    await client.subscribe(f"{base}/leakage", qos=1)
+    await client.subscribe(f"{base}/leakage/#", qos=1)  # a point alone, or a batch's points in a series
     await client.publish(f"{base}/meta", encode(s.meta), qos=1, retain=True)
     await publish_window(client, name, s, START_T - 1, START_T + FAST_FORWARD_S)
     counts = iter(s.readings["counts"][int(FAST_FORWARD_S) :])
     messages = aiter(client.messages)
     # The fast-forward is a backlog of 1,300 leakage points: let it clear before measuring.
-    while not (backlog := await anext(messages)).topic.matches(f"{base}/leakage") or (
-        float(_payload(backlog)["t"]) < START_T + FAST_FORWARD_S - 1
+    while not (backlog := await anext(messages)).topic.matches(f"{base}/leakage/#") or (
+        float(_latest(_payload(backlog))["t"]) < START_T + FAST_FORWARD_S - 1
     ):
         pass
-    await client.unsubscribe(f"{base}/leakage")
+    await client.unsubscribe(f"{base}/leakage/#")
     latencies: list[float] = []
     for _ in range(rounds):
         for _ in range(5):  # ordinary readings between rounds

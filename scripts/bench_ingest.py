@@ -17,9 +17,13 @@ point written; nothing may be lost. ``--repeat`` runs; the median is printed.
 ``estimator``: the leakage estimator's CPU per count, its filter step in scalars and in numpy's
 2 x 2 matrices, alternated in one run.
 
+``memory``: ``--theatres`` sessions of ``--hours`` each, played together at ``--speed`` times real
+time through the recorder, leakage, alerts and pk services; the RSS of each over the sessions.
+
 Usage:  .venv/bin/python scripts/bench_ingest.py reference [--rates 4000,8000,...] [--recorders 2]
         .venv/bin/python scripts/bench_ingest.py batched [--theatres 20] [--recorders 2] [--leakage 2]
         .venv/bin/python scripts/bench_ingest.py estimator
+        .venv/bin/python scripts/bench_ingest.py memory [--theatres 50] [--hours 4] [--speed 30]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +53,7 @@ from isoperf.partition import partition_of
 from isoperf.queries import count
 from isoperf.schemas import Reading, ReadingBatch
 from isoperf.tools.stack import LocalStack, spawn_service
-from services.acquisition.simulator import SimConfig, simulate
+from services.acquisition.simulator import SimConfig, SimulatedSession, simulate
 from services.leakage import filters
 from services.leakage.estimator import LeakageEstimator
 
@@ -327,6 +332,99 @@ def batched(args: argparse.Namespace) -> None:
     print(f"  median {statistics.median(r['rate'] for r in runs):,.0f} readings/s stored, leakage computed")
 
 
+# -- memory: every consumer over long sessions of many theatres ------------------------------------
+
+MEMORY_SERVICES = ("recorder", "leakage", "alerts", "pk")
+
+
+def long_session(seed: int, hours: float) -> SimulatedSession:
+    """A session of ``hours`` from its start to its end: an hour of perfusion, the rest observation."""
+    base = SimConfig(start_t=1_767_225_600.0, perfusion_s=3600.0)
+    default_end = simulate(replace(base, observation_s=0.0), seed=seed).events[-1].t - base.start_t
+    return simulate(replace(base, observation_s=max(0.0, hours * 3600.0 - default_end)), seed=seed)
+
+
+def window_messages(theatre: str, s: SimulatedSession, t0: float, t1: float) -> list[tuple[str, bytes]]:
+    """What a gateway publishes of one session for ``t0 < t <= t1``: its events and lab results (by
+    when they are reported), then one batch per signal."""
+    base = f"perfusion/{theatre}/{theatre}"
+    out = [(f"{base}/event", encode(e)) for e in s.events if t0 < e.t <= t1]
+    out += [(f"{base}/sample", encode(x)) for arrived, x in s.samples if t0 < arrived <= t1]
+    for sig, samples in s.readings.items():
+        chunk = [(t, v) for t, v in samples if t0 < t <= t1]
+        if chunk:
+            out.append((f"{base}/raw/{sig}", encode(ReadingBatch(samples=chunk))))
+    return out
+
+
+def memory(args: argparse.Namespace) -> None:
+    """``--theatres`` sessions of ``--hours`` each, played together at ``--speed`` times real time
+    (one window of ``speed`` simulated seconds of every session each second) through the recorder,
+    leakage, alerts and pk services; the RSS of each sampled every ``--sample-s``."""
+    theatres = [f"mem-{i}" for i in range(args.theatres)]
+    print(f"simulating {len(theatres)} sessions of {args.hours:g} h ...", flush=True)
+    sessions = {t: long_session(i, args.hours) for i, t in enumerate(theatres)}
+    start = min(s.meta.t for s in sessions.values())
+    end = max(s.events[-1].t for s in sessions.values()) + 1.0
+    total = sum(len(v) for s in sessions.values() for v in s.readings.values())
+    counts = sum(len(s.readings["counts"]) for s in sessions.values())
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in MEMORY_SERVICES}
+    with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp) / "stack") as stack:
+        logs = Path(tmp)
+        env = {
+            **stack.env(),
+            "ISOPERF_DEADLETTER_DIR": str(logs / "deadletter"),
+            "ISOPERF_ALERTS_STATE_FILE": str(logs / "alerts-state.json"),
+        }
+        procs = {
+            name: spawn(name, {**env, "ISOPERF_INSTANCE": f"mem-{name}"}, logs / f"{name}.log")
+            for name in MEMORY_SERVICES
+        }
+        for name in MEMORY_SERVICES:
+            assert stack.wait_status(name, f"mem-{name}", timeout_s=60), name
+        pub = RawPublisher(stack.host, stack.mqtt_port, "bench-memory")
+        pub.publish([(f"perfusion/{t}/{t}/meta", encode(s.meta)) for t, s in sessions.items()])
+        began = time.monotonic()
+        next_sample = began
+        t = start - 1.0
+        while t < end:
+            tick = time.monotonic()
+            pub.publish([m for th, s in sessions.items() for m in window_messages(th, s, t, t + args.speed)])
+            t += args.speed
+            if tick >= next_sample:
+                for name, proc in procs.items():
+                    samples[name].append((t - start, rss_mb(proc.pid)))
+                next_sample += args.sample_s
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
+        pub.wait_acked()
+        played = time.monotonic() - began
+        deadline = time.monotonic() + 900
+        stored = leak = 0
+        while time.monotonic() < deadline:
+            stored = count(stack, "SELECT count(value) FROM reading")
+            leak = count(stack, "SELECT count(state) FROM leakage")
+            if stored >= total and leak >= counts:
+                break
+            time.sleep(1.0)
+        caught_up = time.monotonic() - began - played
+        for name, proc in procs.items():
+            samples[name].append((end - start, rss_mb(proc.pid)))
+        pk = count(stack, "SELECT count(circuit_ug_ml) FROM pk")
+        alerts = count(stack, "SELECT count(status) FROM alert")
+        stop(list(procs.values()))
+    print(
+        f"\nisoperf memory over {args.hours:g} h sessions of {len(theatres)} theatres ({os.cpu_count()} cores),"
+        f" played at x{args.speed:g} in {played:.0f} s (every input stored {caught_up:.0f} s after the last was"
+        f" published): {stored:,} of {total:,} readings stored, {leak:,} of {counts:,} leakage points,"
+        f" {pk:,} pk estimates, {alerts:,} alert messages stored"
+    )
+    print("  RSS in MB at 0, 1/4, 1/2, 3/4 of the sessions and the end; peak:")
+    for name, series in samples.items():
+        rss = [v for _, v in series]
+        marks = [rss[min(len(rss) - 1, round(q * (len(rss) - 1)))] for q in (0, 0.25, 0.5, 0.75, 1.0)]
+        print(f"  {name:9} {' '.join(f'{m:6.0f}' for m in marks)}   peak {max(rss):.0f}")
+
+
 # -- the leakage estimator per count: the filter in scalars against numpy's 2 x 2 matrices -------------
 
 
@@ -374,8 +472,13 @@ def main() -> None:
     bat.add_argument("--repeat", type=int, default=3)
     est = sub.add_parser("estimator", help="the leakage estimator's cost per count, scalar against numpy")
     est.add_argument("--repeat", type=int, default=5)
+    mem = sub.add_parser("memory", help="every consumer's memory over long sessions of many theatres")
+    mem.add_argument("--theatres", type=int, default=50)
+    mem.add_argument("--hours", type=float, default=4.0)
+    mem.add_argument("--speed", type=float, default=30.0, help="simulated seconds published each second")
+    mem.add_argument("--sample-s", type=float, default=5.0)
     args = ap.parse_args()
-    {"reference": reference, "batched": batched, "estimator": estimator}[args.mode](args)
+    {"reference": reference, "batched": batched, "estimator": estimator, "memory": memory}[args.mode](args)
 
 
 if __name__ == "__main__":
