@@ -23,7 +23,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,7 +51,11 @@ class Handler(Protocol):
     stores before its first ``await``. ``start`` runs once before the first message,
     ``close`` once after the last flush. A handler may also have
     ``async def rejected(message, rejections)``: told of the inputs of ``message`` stamped
-    outside their session's time window (kept aside; what was inside goes to ``handle``).
+    outside their session's time window (kept aside; what was inside goes to ``handle``); and
+    ``async def drained()``: called once the messages already received are all handled, before
+    the loop waits for more (and before a flush it starts then). A handler that collects what it
+    derives over several inputs publishes it there: idle, each input's results go at once; under
+    load, one publication carries the results of many inputs.
     """
 
     kinds: tuple[str, ...]
@@ -243,6 +247,8 @@ class ServiceLoop:
         pending: list[Delivery] = []
         first_pending = 0.0
         flushing: asyncio.Future[None] | None = None
+        drained: Callable[[], Awaitable[None]] | None = getattr(handler, "drained", None)
+        undrained = False  # handled messages since ``drained`` was last called
 
         async def start_flush() -> None:
             nonlocal flushing, pending
@@ -263,6 +269,9 @@ class ServiceLoop:
                 if len(pending) >= max_batch and flushing is not None:
                     await flushing
                     continue
+                if undrained and drained is not None and connection.backlog() == 0:
+                    undrained = False
+                    await drained()  # ConnectionLost ends this connection, as a failed flush does
                 if (
                     pending
                     and flushing is None
@@ -277,6 +286,7 @@ class ServiceLoop:
                     break
                 if connection.backlog():  # already received: taken without a task or a wait per message
                     await self._take(handler, await connection.receive(), pending)
+                    undrained = True
                     if len(pending) == 1:
                         first_pending = time.monotonic()
                     continue
@@ -303,6 +313,7 @@ class ServiceLoop:
                     receiving.cancel()
                     break
                 await self._take(handler, receiving.result(), pending)
+                undrained = True
                 if len(pending) == 1:
                     first_pending = time.monotonic()
         finally:

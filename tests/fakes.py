@@ -39,11 +39,15 @@ class FakePublisher:
 async def deliver(
     handler: Handler, topic: str, payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, service: str = "test"
 ) -> None:
-    """What the runtime does with one delivery: parse it for this handler's kinds, then handle it.
+    """What the runtime does with one delivery: parse it for this handler's kinds, handle it, and
+    (the inbox is empty then) tell the handler it is drained.
 
     Raises ``ValueError`` (with the reason) where the runtime would keep the message aside."""
     message = MessageParser(TOPICS, service, handler.kinds, max_bytes).parse(topic, payload)
     await handler.handle(message)
+    drained = getattr(handler, "drained", None)
+    if drained is not None:
+        await drained()
     await published(handler)
 
 

@@ -66,6 +66,9 @@ class LeakageHandler(Handler):
         self.clock = clock
         self.sessions: dict[tuple[str, str], _Session] = {}
         self.isotopes: dict[tuple[str, str], str] = {}
+        # Points computed and not yet emitted, per session: published when the inbox is drained
+        # (at once when idle; under load, the points of many messages of counts in one series).
+        self._unsent: dict[tuple[str, str], list[Leakage]] = {}
 
     async def handle(self, message: Inbound) -> None:
         key, body = message.key, message.body
@@ -87,16 +90,28 @@ class LeakageHandler(Handler):
             sess.estimator.set_isotope(body.isotope)
         else:
             return
-        self._collect(key, sess)
-        await self.emitter.send()  # the live path first: before anything is stored
-
-    def _collect(self, key: tuple[str, str], sess: _Session) -> None:
         sess.last_seen = self.clock()
-        self._emit(key, sess.estimator.update())
+        points = sess.estimator.update()
+        if points:
+            self._unsent.setdefault(key, []).extend(points)
+
+    async def drained(self) -> None:
+        """Every message received is handled: publish the points they yielded (the live path
+        first: before anything is stored)."""
+        self._emit_unsent()
+        await self.emitter.send()
+
+    def _emit_unsent(self) -> None:
+        unsent, self._unsent = self._unsent, {}
+        for key, points in unsent.items():
+            self._emit(key, points)
 
     def _emit(self, key: tuple[str, str], points: list[Leakage]) -> None:
         """Queue points for publication (QoS 1) and storage: one point alone on ``leakage``, more
-        than one (a batch of counts) as ``leakage/series`` messages, each point once."""
+        than one (a batch of counts, or the counts of several messages) as ``leakage/series``
+        messages, each point once."""
+        if not points:
+            return
         if len(points) == 1:
             self.emitter.emit(self.topics.session(*key, "leakage"), encode(points[0]), [leakage_line(*key, points[0])])
             return
@@ -106,7 +121,8 @@ class LeakageHandler(Handler):
             self.emitter.emit(topic, encode(LeakageSeries(points=chunk)), [leakage_line(*key, p) for p in chunk])
 
     async def flush(self) -> None:
-        """Store the points; publish any a lost connection held back."""
+        """Store the points; publish those not yet published (a flush under load, or a lost connection)."""
+        self._emit_unsent()
         await self.emitter.flush()
         now = self.clock()
         for key in [k for k, sess in self.sessions.items() if sess.evictable(now) and not len(self.emitter)]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from isoperf.codec import decode, encode
-from isoperf.schemas import SERIES_MAX_POINTS, Event, Leakage, LeakageSeries, Pk, Reading, ReadingBatch
+from isoperf.messages import MessageParser
+from isoperf.schemas import SERIES_MAX_POINTS, Event, Leakage, Pk, Reading, ReadingBatch
 from services.acquisition.simulator import SimConfig, simulate
 from services.alerts.handler import AlertsHandler
 from services.alerts.rules import AlertRules
@@ -16,7 +17,7 @@ from services.leakage.estimator import EstimatorParams
 from services.leakage.handler import LeakageHandler
 from services.pk.handler import PkHandler
 from services.recorder.handler import RecorderHandler
-from tests.fakes import TOPICS, FakePublisher, FakeWriter, deliver
+from tests.fakes import TOPICS, FakePublisher, FakeWriter, deliver, published
 
 T = 1_767_225_600.0
 
@@ -98,6 +99,25 @@ async def test_leakage_handler_splits_a_long_series() -> None:
     assert sizes == [SERIES_MAX_POINTS, SERIES_MAX_POINTS, 100]
     times = [p["t"] for _, payload in pub.sent for p in decode(payload)["points"]]
     assert times == [t for t, _ in counts] and len(writer.stored) == len(counts)
+
+
+async def test_leakage_handler_publishes_the_points_of_a_backlog_in_one_series() -> None:
+    """Counts one a message, several handled before the inbox is drained (a flood): their points
+    in one series when it is; then, idle, a count's point alone on ``leakage``."""
+    writer, pub = FakeWriter(), FakePublisher()
+    h = LeakageHandler(TOPICS, pub, writer, None, EstimatorParams())
+    parser = MessageParser(TOPICS, "leakage", h.kinds)
+    for i in range(1, 31):
+        await h.handle(parser.parse(TOPICS.raw("or-1", "s-1", "counts"), encode(Reading(t=T + i, v=40.0 + i % 3))))
+    assert not pub.sent, "nothing published while messages are still waiting"
+    await h.drained()
+    await published(h)
+    assert [topic.rsplit("/", 1)[-1] for topic, _ in pub.sent] == ["series"]
+    assert [p["t"] for p in decode(pub.sent[0][1])["points"]] == [T + i for i in range(1, 31)]
+    await deliver(h, TOPICS.raw("or-1", "s-1", "counts"), encode(Reading(t=T + 31, v=41.0)))
+    assert pub.sent[-1][0] == TOPICS.session("or-1", "s-1", "leakage")
+    await h.flush()
+    assert len(writer.stored) == 31
 
 
 async def test_leakage_handler_refuses_what_it_does_not_take() -> None:

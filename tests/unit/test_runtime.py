@@ -369,6 +369,32 @@ async def test_a_wild_time_in_a_leakage_series_is_kept_aside_point_by_point(
     await task
 
 
+class DrainedHeard(GatedHandler):
+    """Notes how many readings it had handled each time it was told the inbox is drained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drained_at: list[int] = []
+
+    async def drained(self) -> None:
+        self.drained_at.append(len(self.handled))
+
+
+async def test_a_handler_hears_once_the_messages_received_are_all_handled(tmp_path: Path, source: MemorySource) -> None:
+    handler = DrainedHeard()
+    for v in range(1, 6):  # a backlog: five messages already received
+        source.put(*reading(float(v)))
+    loop = ServiceLoop(settings(tmp_path), "test", source, handler=handler)
+    stop, task = await run_loop(loop)
+    await until(lambda: len(source.acked) == 5)
+    assert handler.drained_at == [5], "once, after the whole backlog, not after each message"
+    source.put(*reading(6.0))  # idle: one message, then drained at once
+    await until(lambda: len(source.acked) == 6)
+    assert handler.drained_at == [5, 6]
+    stop.set()
+    await task
+
+
 async def test_the_outbox_keeps_many_in_flight_and_only_the_acknowledged_prefix_leaves() -> None:
     class Slow(FakePublisher):
         def __init__(self) -> None:
