@@ -166,7 +166,7 @@ def _augmented(c: Constants, schedule: Schedule, t: float) -> np.ndarray:
 
 
 def systemic_from_leak(
-    times_min: list[float], leak_pct: list[float], grid: np.ndarray, curve: np.ndarray, v_ml: float
+    times_min: Sequence[float], leak_pct: Sequence[float], grid: np.ndarray, curve: np.ndarray, v_ml: float
 ) -> tuple[np.ndarray, float, float]:
     """Systemic concentration (ug/mL) at each leakage time, the drug in the body now (ug) and the
     systemic AUC (ug*min/mL), from the leakage series and the circuit curve on ``grid``."""

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,10 +120,12 @@ class LeakageEstimator:
         self.params = params or EstimatorParams()
         self._lam: float | None = None
         self.events: dict[str, tuple[float, float | None]] = {}  # type -> (t, activity)
-        self._t: list[float] = []
-        self._n: list[float] = []
-        self._dt: list[float] = []
-        self._ok: list[bool] = []  # False: a probe fault, kept out of every estimate
+        # The samples in time order, as C doubles (8 bytes each, not a float object of 32: a
+        # 4-hour session's counts take 0.4 MB, not 1.5).
+        self._t = array("d")
+        self._n = array("d")
+        self._dt = array("d")
+        self._ok = array("b")  # 0: a probe fault, kept out of every estimate
         self._stuck_times: set[float] = set()
         self.duplicates = 0
         self._emitted_until = -math.inf

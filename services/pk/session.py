@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,8 +91,9 @@ class PkSession:
     events: dict[str, Event] = field(default_factory=dict)  # first of each type
     samples: dict[str, LabSample] = field(default_factory=dict)  # by sample id: a correction replaces
     entered: dict[str, float] = field(default_factory=dict)  # when each sample entered (its report time)
-    leak_t: list[float] = field(default_factory=list)
-    leak_pct: list[float] = field(default_factory=list)
+    # The leakage points in time order, as C doubles (a 4-hour session's take 0.2 MB, not 0.9).
+    leak_t: array[float] = field(default_factory=lambda: array("d"))
+    leak_pct: array[float] = field(default_factory=lambda: array("d"))
     _fit: Fit | None = None
     _grid: tuple[np.ndarray, np.ndarray] | None = None
     _basis: ReleaseBasis | None = None
