@@ -181,6 +181,46 @@ def systemic_from_leak(
     return c_sys, max(amount, 0.0), auc
 
 
+@dataclass
+class LeakExposure:
+    """``systemic_from_leak`` over a session's leakage series as it grows at its end, carried on
+    from where the last call stopped: the same arithmetic in the same order, so the same numbers,
+    but each estimate costs its new points, not the whole series again (a 4-hour session has
+    14,400 points and an estimate every 15 s). Times are seconds, from ``t0`` (the drug start)."""
+
+    grid: np.ndarray
+    curve: np.ndarray
+    v_ml: float
+    t0: float
+    n: int = 0
+    amount: float = 0.0
+    auc: float = 0.0
+    c_sys: float = 0.0
+    _t_prev: float = 0.0
+    _pct_prev: float = 0.0
+
+    def upto(self, leak_t: Sequence[float], leak_pct: Sequence[float], n: int) -> tuple[float, float, float]:
+        """Over the first ``n`` points (``n`` at least as many as before): the systemic concentration
+        at the last (ug/mL), the drug in the body (ug) and the systemic AUC (ug*min/mL)."""
+        if n < self.n:
+            raise ValueError(f"the exposure is carried on, not back: {n} points after {self.n}")
+        for i in range(self.n, n):
+            t = (leak_t[i] - self.t0) / 60.0
+            if i > 0:
+                c_circ = np.interp(t, self.grid, self.curve) if t >= 0 else 0.0
+                dt = t - self._t_prev
+                self.amount = (
+                    self.amount * math.exp(-K_SYSTEMIC_MIN * dt)
+                    + c_circ * self.v_ml * (leak_pct[i] - self._pct_prev) / 100.0
+                )
+                c_sys = max(self.amount, 0.0) / SYSTEMIC_VOLUME_ML
+                self.auc += (self.c_sys + c_sys) * dt / 2.0
+                self.c_sys = c_sys
+            self._t_prev, self._pct_prev = t, leak_pct[i]
+        self.n = n
+        return self.c_sys, max(self.amount, 0.0), self.auc
+
+
 # -- After the clamps come off: the release model ----------------------------------------------
 
 K_INFLOW_MIN = 1.5  # the organ's residual perfusate reaches the body within about a minute of the release

@@ -37,6 +37,7 @@ from isoperf.domain.melphalan import (
     PROCEDURES,
     Constants,
     Dose,
+    LeakExposure,
     Release,
     Schedule,
     Washout,
@@ -101,6 +102,8 @@ class PkSession:
     _body: tuple[tuple[int, int, int], float] | None = None
     _revision: int = 0
     _leak_edits: int = 0  # leakage points inserted before others or replaced
+    _exposure: LeakExposure | None = None  # the systemic exposure of the latest estimate, carried on
+    _exposure_edits: int = 0  # ``_leak_edits`` when it was begun
     _corrections: dict[ReleaseKey, _ReleaseState] = field(default_factory=dict)
 
     # -- input ---------------------------------------------------------------------------------
@@ -428,13 +431,33 @@ class PkSession:
         }
         return Pk.model_validate(out)
 
-    def _systemic_from_leak(self, now: float, grid: np.ndarray, curve: np.ndarray, v_ml: float) -> dict[str, object]:
-        times = [self._min(t) for t in self.leak_t]
-        n = bisect.bisect_right(times, now)
+    def _systemic_from_leak(
+        self, now: float, grid: np.ndarray, curve: np.ndarray, v_ml: float, current: bool = True
+    ) -> dict[str, object]:
+        """The systemic-exposure fields at ``now`` (minutes from the drug start). With the current
+        circuit curve (``current``) the exposure is carried on from the last estimate's; with another
+        (an estimate corrected as it was then) it is computed afresh."""
+        assert self.t0 is not None
+        n = bisect.bisect_right(self.leak_t, now, key=self._min)
         if n < 2:
             return {}
-        c_sys, amount, auc = systemic_from_leak(times[:n], self.leak_pct[:n], grid, curve, v_ml)
-        return {"systemic_ug_ml": float(c_sys[-1]), "leaked_mg": amount / 1000.0, "leak_auc_systemic": auc}
+        kept = self._exposure
+        if (
+            kept is not None
+            and kept.grid is grid
+            and kept.curve is curve
+            and kept.v_ml == v_ml
+            and kept.t0 == self.t0
+            and self._exposure_edits == self._leak_edits
+            and kept.n <= n
+        ):
+            exposure = kept
+        else:
+            exposure = LeakExposure(grid, curve, v_ml, self.t0)
+            if current:
+                self._exposure, self._exposure_edits = exposure, self._leak_edits
+        c_sys, amount, auc = exposure.upto(self.leak_t, self.leak_pct, n)
+        return {"systemic_ug_ml": float(c_sys), "leaked_mg": amount / 1000.0, "leak_auc_systemic": auc}
 
     def leak_basis(self) -> LeakBasis | None:
         """What ``estimate`` derives the systemic exposure from, as of now (to correct an estimate
@@ -447,7 +470,7 @@ class PkSession:
 
     def leak_fields(self, t: float, basis: LeakBasis) -> dict[str, object]:
         """The systemic-exposure fields of the estimate at ``t`` from the leakage known now."""
-        return self._systemic_from_leak(self._min(t), *basis)
+        return self._systemic_from_leak(self._min(t), *basis, current=False)
 
     def _nca(self) -> dict[str, object]:
         ct, cc = self._profile("circuit")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 
+from isoperf.domain.melphalan import LeakExposure, systemic_from_leak
 from isoperf.schemas import LabSample
 from services.acquisition.simulator import LeakScenario, SimConfig, SimulatedSession, simulate
 from services.pk.commands import SampleFileError, read_csv
@@ -143,3 +145,34 @@ def test_the_session_as_it_stood_at_a_time_leaves_out_what_entered_after_it() ->
     assert whole.latest_input() > half
     assert whole.as_of(half).estimate(half) == then.estimate(half)
     assert whole.estimate(half) != then.estimate(half)  # the check can fail: later results change it
+
+
+def test_the_exposure_carried_on_equals_the_exposure_computed_afresh_to_the_last_bit() -> None:
+    """Each estimate carries the systemic exposure on from the last (``LeakExposure``): the same
+    numbers as ``systemic_from_leak`` over the whole series, at every length, with a leak that
+    rises and falls and points before the drug start."""
+    rng = np.random.default_rng(7)
+    grid = np.linspace(0.0, 120.0, 241)
+    curve = 60.0 * np.exp(-grid / 40.0) * (1 - np.exp(-grid / 3.0))
+    t0 = 1_767_225_600.0
+    leak_t = [t0 + 60.0 * m for m in np.sort(rng.uniform(-5.0, 110.0, 400))]
+    leak_pct = list(np.cumsum(rng.normal(0.01, 0.05, 400)))
+    carried = LeakExposure(grid, curve, 1200.0, t0)
+    for n in (2, 3, 50, 51, 200, 400):
+        minutes = [(t - t0) / 60.0 for t in leak_t[:n]]
+        c_sys, amount, auc = systemic_from_leak(minutes, leak_pct[:n], grid, curve, 1200.0)
+        assert carried.upto(leak_t, leak_pct, n) == (c_sys[-1], amount, auc)
+    with pytest.raises(ValueError, match="carried on, not back"):
+        carried.upto(leak_t, leak_pct, 10)
+
+
+def test_estimates_with_the_exposure_carried_on_equal_those_of_a_session_rebuilt_for_each() -> None:
+    """A session's estimates one after another (its exposure carried on) equal those of a fresh
+    session holding the same inputs (its exposure computed afresh), field for field."""
+    cfg = SimConfig()
+    s = simulate(cfg, 3)
+    live = feed(s)
+    start = cfg.start_t + cfg.drug_start_at_s
+    for minute in (5, 11, 12, 30, 44):
+        t = start + 60.0 * minute
+        assert live.estimate(t) == feed(s).estimate(t), minute
