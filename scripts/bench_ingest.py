@@ -398,24 +398,35 @@ def memory(args: argparse.Namespace) -> None:
             time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
         pub.wait_acked()
         played = time.monotonic() - began
-        deadline = time.monotonic() + 900
-        stored = leak = 0
+        # Until every reading and leakage point is stored and the pk estimates and alerts stop
+        # coming (the services have handled everything), sampling as before.
+        deadline = time.monotonic() + 1800
+        stored = leak = pk = alerts = 0
+        last: tuple[int, ...] = ()
+        steady_since = time.monotonic()
         while time.monotonic() < deadline:
             stored = count(stack, "SELECT count(value) FROM reading")
             leak = count(stack, "SELECT count(state) FROM leakage")
-            if stored >= total and leak >= counts:
+            pk = count(stack, "SELECT count(v_ml) FROM pk")
+            alerts = count(stack, "SELECT count(status) FROM alert")
+            now = time.monotonic()
+            if (stored, leak, pk, alerts) != last:
+                last, steady_since = (stored, leak, pk, alerts), now
+            if stored >= total and leak >= counts and now - steady_since >= 15.0:
                 break
+            if now >= next_sample:
+                for name, proc in procs.items():
+                    samples[name].append((end - start, rss_mb(proc.pid)))
+                next_sample += args.sample_s
             time.sleep(1.0)
-        caught_up = time.monotonic() - began - played
+        caught_up = steady_since - began - played
         for name, proc in procs.items():
             samples[name].append((end - start, rss_mb(proc.pid)))
-        pk = count(stack, "SELECT count(circuit_ug_ml) FROM pk")
-        alerts = count(stack, "SELECT count(status) FROM alert")
         stop(list(procs.values()))
     print(
         f"\nisoperf memory over {args.hours:g} h sessions of {len(theatres)} theatres ({os.cpu_count()} cores),"
-        f" played at x{args.speed:g} in {played:.0f} s (every input stored {caught_up:.0f} s after the last was"
-        f" published): {stored:,} of {total:,} readings stored, {leak:,} of {counts:,} leakage points,"
+        f" played at x{args.speed:g} in {played:.0f} s (the services done {caught_up:.0f} s after the last"
+        f" publication): {stored:,} of {total:,} readings stored, {leak:,} of {counts:,} leakage points,"
         f" {pk:,} pk estimates, {alerts:,} alert messages stored"
     )
     print("  RSS in MB at 0, 1/4, 1/2, 3/4 of the sessions and the end; peak:")
