@@ -23,22 +23,30 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from isoperf.backoff import Backoff, wait_or_stop
 from isoperf.deadletter import DeadLetters
 from isoperf.messages import STATUS, Inbound, MessageParser, Readings, subscriptions
 from isoperf.outbox import retrieved
 from isoperf.partition import read_theatres, theatres_in_share
-from isoperf.schemas import Event, LabSample, Leakage, LeakageSeries, Sample, SessionMeta
+from isoperf.schemas import Event, LabSample, Leakage, LeakageSeries, SessionMeta
 from isoperf.settings import ServiceSettings
 from isoperf.sources import Connection, ConnectionLost, Delivery, Publisher, Source
 from isoperf.timewindow import Rejection, SessionWindows, WindowRules
 from isoperf.topics import Topics
 
 log = logging.getLogger(__name__)
+
+
+class _HasTime(Protocol):
+    @property
+    def t(self) -> float: ...
+
+
+_Timed = TypeVar("_Timed", bound=_HasTime)
 
 
 class Handler(Protocol):
@@ -359,31 +367,11 @@ class ServiceLoop:
         if isinstance(body, SessionMeta):
             self.windows.started(key, body.t)
         elif isinstance(body, Readings):
-            times = [r.t for r in body.readings]
-            if not times or self.windows.take_all(key, times[0], min(times), max(times), now):
-                return message, []  # the usual case: a batch inside its session's window, judged at once
-            kept: list[Sample] = []
-            out: list[Rejection] = []
-            for r in body.readings:
-                rejection = self.windows.judge(key, r.t, now)
-                if rejection is None:
-                    kept.append(r)
-                else:
-                    out.append(rejection)
+            kept, out = self._split(key, body.readings, now)
             if out:  # what is inside goes on (maybe nothing: the message is still confirmed)
                 return dataclasses.replace(message, body=dataclasses.replace(body, readings=kept)), out
         elif isinstance(body, LeakageSeries):
-            times = [x.t for x in body.points]
-            if self.windows.take_all(key, times[0], min(times), max(times), now):
-                return message, []
-            inside: list[Leakage] = []
-            rejected: list[Rejection] = []
-            for x in body.points:
-                rejection = self.windows.judge(key, x.t, now)
-                if rejection is None:
-                    inside.append(x)
-                else:
-                    rejected.append(rejection)
+            inside, rejected = self._split(key, body.points, now)
             if rejected:  # a series has at least one point: with none inside, nothing is handled
                 series = LeakageSeries.model_construct(points=inside)
                 return (dataclasses.replace(message, body=series) if inside else None), rejected
@@ -392,6 +380,22 @@ class ServiceLoop:
             if rejection is not None:
                 return None, [rejection]
         return message, []
+
+    def _split(self, key: tuple[str, str], items: Sequence[_Timed], now: float) -> tuple[list[_Timed], list[Rejection]]:
+        """The items of a batch inside the session's window, and the rejections of those outside;
+        a batch wholly inside (the usual case) is judged at once."""
+        times = [x.t for x in items]
+        if not times or self.windows.take_all(key, times[0], min(times), max(times), now):
+            return list(items), []
+        inside: list[_Timed] = []
+        rejected: list[Rejection] = []
+        for x in items:
+            rejection = self.windows.judge(key, x.t, now)
+            if rejection is None:
+                inside.append(x)
+            else:
+                rejected.append(rejection)
+        return inside, rejected
 
     async def _flush_and_ack(self, connection: Connection, handler: Handler, pending: list[Delivery]) -> None:
         await handler.flush()
