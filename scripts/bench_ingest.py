@@ -17,18 +17,25 @@ point written; nothing may be lost. ``--repeat`` runs; the median is printed.
 ``estimator``: the leakage estimator's CPU per count, its filter step in scalars and in numpy's
 2 x 2 matrices, alternated in one run.
 
+``client``: the floor the MQTT client library sets: a bare aiomqtt subscriber (MQTT 5, the
+services' Receive Maximum, acknowledging each message as it arrives, nothing else) taking the
+reference workload's messages from the local broker as fast as they come; its CPU per message and
+messages/s, ``--repeat`` runs, medians. No isoperf service can take messages faster than this.
+
 ``memory``: ``--theatres`` sessions of ``--hours`` each, played together at ``--speed`` times real
 time through the recorder, leakage, alerts and pk services; the RSS of each over the sessions.
 
 Usage:  .venv/bin/python scripts/bench_ingest.py reference [--rates 4000,8000,...] [--recorders 2]
         .venv/bin/python scripts/bench_ingest.py batched [--theatres 20] [--recorders 2] [--leakage 2]
         .venv/bin/python scripts/bench_ingest.py estimator
+        .venv/bin/python scripts/bench_ingest.py client [--messages 200000] [--repeat 3]
         .venv/bin/python scripts/bench_ingest.py memory [--theatres 50] [--hours 4] [--speed 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import os
@@ -44,6 +51,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -52,6 +60,9 @@ from isoperf.codec import encode
 from isoperf.partition import partition_of
 from isoperf.queries import count
 from isoperf.schemas import Reading, ReadingBatch
+from isoperf.settings import ServiceSettings
+from isoperf.sources.mqtt import MqttSource
+from isoperf.sources.mqtt_ack import ManualAck
 from isoperf.tools.stack import LocalStack, spawn_service
 from services.acquisition.simulator import SimConfig, SimulatedSession, simulate
 from services.leakage import filters
@@ -467,6 +478,80 @@ def estimator(args: argparse.Namespace) -> None:
     print(f"  filter in scalars {s:.0f} us a count; with numpy 2 x 2 matrices {n:.0f} us; ratio {n / s:.1f}")
 
 
+# -- the client library's floor --------------------------------------------------------------------
+
+
+async def _bare_subscriber(port: int, n: int) -> None:
+    """Take ``n`` messages with aiomqtt as the services connect (MQTT 5, persistent session, their
+    Receive Maximum, manual acknowledgement) and acknowledge each at once; print CPU and time."""
+    settings = ServiceSettings(mqtt_host="127.0.0.1", mqtt_port=port)
+    options = MqttSource(settings, "bench-bare", None)._session_options()
+    client = aiomqtt.Client("127.0.0.1", port, identifier="bench-bare", **options, max_inflight_messages=100)
+    acks = ManualAck(client)
+    async with client:
+        await client.subscribe("perfusion/+/+/raw/#", qos=1)
+        print("subscribed", flush=True)
+        got, t0, c0 = 0, 0.0, 0.0
+        async for message in client.messages:
+            if got == 0:
+                t0, c0 = time.monotonic(), time.process_time()
+            acks.ack(message.mid, message.qos)
+            got += 1
+            if got == n:
+                break
+        print(json.dumps({"s": time.monotonic() - t0, "cpu": time.process_time() - c0, "n": got - 1}), flush=True)
+
+
+def reference_messages(n: int) -> list[tuple[str, bytes]]:
+    """The peer benchmark's messages: one JSON reading each, round robin over 20 theatres x 3 signals."""
+    signals = ("counts", "flow", "pressure")
+    return [
+        (
+            f"perfusion/th{i % 60 // 3:02d}/bench/raw/{signals[i % 3]}",
+            json.dumps({"t": round(i / 60, 4), "v": i % 500, "dt": 1.0}).encode(),
+        )
+        for i in range(n)
+    ]
+
+
+def client(args: argparse.Namespace) -> None:
+    messages = reference_messages(args.messages)
+    runs = []
+    for run in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp) / "stack") as stack:
+            sub = subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "client-subscriber",
+                    "--port",
+                    str(stack.mqtt_port),
+                    "--n",
+                    str(len(messages)),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+            )
+            assert sub.stdout is not None
+            assert sub.stdout.readline().strip() == "subscribed"
+            pub = RawPublisher(stack.host, stack.mqtt_port, f"bench-pub-{run}", window=20000)
+            pub.publish(messages)
+            result = json.loads(sub.stdout.readline())
+            sub.wait(timeout=60)
+        runs.append(result)
+        us = result["cpu"] / result["n"] * 1e6
+        print(
+            f"  run {run + 1}: {result['n'] / result['s']:,.0f} msg/s, {us:.1f} us of CPU a message"
+            f" ({result['cpu'] / result['s']:.0%} of a core)",
+            flush=True,
+        )
+    rate = statistics.median(r["n"] / r["s"] for r in runs)
+    us = statistics.median(r["cpu"] / r["n"] * 1e6 for r in runs)
+    print(f"\nbare aiomqtt subscriber, {len(messages):,} reference messages, medians of {args.repeat}:")
+    print(f"  {rate:,.0f} msg/s taken and acknowledged; {us:.1f} us of CPU a message")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -488,8 +573,19 @@ def main() -> None:
     mem.add_argument("--hours", type=float, default=4.0)
     mem.add_argument("--speed", type=float, default=30.0, help="simulated seconds published each second")
     mem.add_argument("--sample-s", type=float, default=5.0)
+    cli = sub.add_parser("client", help="the floor of the MQTT client library: a bare subscriber")
+    cli.add_argument("--messages", type=int, default=200000)
+    cli.add_argument("--repeat", type=int, default=3)
+    child = sub.add_parser("client-subscriber", help=argparse.SUPPRESS)
+    child.add_argument("--port", type=int, required=True)
+    child.add_argument("--n", type=int, required=True)
     args = ap.parse_args()
-    {"reference": reference, "batched": batched, "estimator": estimator, "memory": memory}[args.mode](args)
+    if args.mode == "client-subscriber":
+        asyncio.run(_bare_subscriber(args.port, args.n))
+        return
+    {"client": client, "reference": reference, "batched": batched, "estimator": estimator, "memory": memory}[args.mode](
+        args
+    )
 
 
 if __name__ == "__main__":
