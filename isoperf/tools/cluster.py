@@ -239,11 +239,12 @@ class LocalCluster:
         want = {n.name for n in self.nodes if self.running(n)}
         seen: set[str] = set()
         joined = False
+        asked = ""  # why the last question found no cluster: said if none forms
         while time.monotonic() < deadline:
             try:
                 seen = self.running_nodes(self.nodes[via])
-            except (StackError, subprocess.TimeoutExpired):
-                seen = set()  # still booting
+            except (StackError, subprocess.TimeoutExpired) as exc:
+                seen, asked = set(), f" (rabbitmqctl: {exc})"  # still booting, or too busy to answer
             if seen == want:
                 return
             if seen and not joined:  # classic_config races when every node boots at once: join by hand
@@ -255,7 +256,7 @@ class LocalCluster:
                         self.ctl(node, "start_app")
                 joined = True
             time.sleep(0.5)
-        raise StackError(f"the nodes did not form one cluster: {self.nodes[via].name} sees {sorted(seen)}")
+        raise StackError(f"the nodes did not form one cluster: {self.nodes[via].name} sees {sorted(seen)}{asked}")
 
     def accepts_mqtt(self, node: Node, timeout_s: float = 10.0) -> bool:
         """Whether ``node``'s MQTT listener accepts a client (an MQTT 3.1.1 CONNECT answered with success)."""
@@ -308,7 +309,7 @@ class LocalCluster:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
 
-    def start_node(self, index: int, timeout_s: float = 120.0) -> None:
+    def start_node(self, index: int, timeout_s: float = 300.0) -> None:
         """Start a stopped or killed node again; it rejoins the cluster."""
         node = self.nodes[index]
         self._spawn(node)
