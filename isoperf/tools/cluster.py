@@ -242,7 +242,7 @@ class LocalCluster:
         asked = ""  # why the last question found no cluster: said if none forms
         while time.monotonic() < deadline:
             try:
-                seen = self.running_nodes(self.nodes[via])
+                seen, asked = self.running_nodes(self.nodes[via]), ""
             except (StackError, subprocess.TimeoutExpired) as exc:
                 seen, asked = set(), f" (rabbitmqctl: {exc})"  # still booting, or too busy to answer
             if seen == want:
