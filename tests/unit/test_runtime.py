@@ -279,6 +279,34 @@ async def test_the_outbox_keeps_a_message_until_the_broker_has_it() -> None:
     assert len(outbox) == 0 and pub.sent[-2:] == [("a", b"1"), ("b", b"2")]
 
 
+async def test_a_publication_the_client_cancels_is_a_lost_connection_and_is_sent_again() -> None:
+    """When a node goes down the AMQP client cancels the confirmations it still awaits; a flush
+    then raised CancelledError and stopped the service (seen on a 20-theatre cluster run)."""
+
+    class Closing(FakePublisher):
+        def __init__(self) -> None:
+            super().__init__()
+            self.closing = True
+
+        async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+            if self.closing:
+                confirmation: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                confirmation.cancel()  # what the client does to the futures of a closed channel
+                await confirmation
+            await super().publish(topic, payload, retain=retain)
+
+    pub, writer = Closing(), FakeWriter()
+    emitter = Emitter(pub, writer)
+    emitter.emit("perfusion/or-1/s-1/pk", b"x", ["pk,theatre=or-1 c=1 1"])
+    await emitter.send()
+    with pytest.raises(ConnectionLost, match="cancelled"):
+        await emitter.flush()
+    assert len(emitter) == 1 and pub.sent == []
+    pub.closing = False
+    await emitter.flush()
+    assert len(emitter) == 0 and pub.sent == [("perfusion/or-1/s-1/pk", b"x")]
+
+
 async def test_the_emitter_publishes_at_once_and_stores_on_flush() -> None:
     pub, writer = FakePublisher(), FakeWriter()
     emitter = Emitter(pub, writer)
