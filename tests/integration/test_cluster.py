@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 PARTITIONS = 4
 # Sessions at once in the node-kill test (the instance-kill test: half as many to each instance).
-# The suite plays 3; the 20 with ISOPERF_TEST_CLUSTER_THEATRES=20 (about 10 minutes more).
+# The suite plays 3; the 20 with ISOPERF_TEST_CLUSTER_THEATRES=20 (the node test alone: 21 min).
 THEATRES = int(os.environ.get("ISOPERF_TEST_CLUSTER_THEATRES", "3"))
 GATEWAY_TIMEOUT_S = 80.0 * max(THEATRES, 3)  # a gateway ends once the broker has taken its whole journal
 # 3 theatres at 60 times real time (a 66-minute session in ~66 s); more, slower, so that the 2 cores
