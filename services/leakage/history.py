@@ -19,7 +19,10 @@ async def load_session(
     # Select the always-present label: InfluxQL leaves out rows whose selected fields are all null.
     for row in await influx.rows(f"SELECT label, activity_mbq, type FROM event WHERE {where} ORDER BY time"):
         est.add_event(str(row["type"]), row["time"] / 1000.0, row.get("activity_mbq"))
-    counts = await influx.rows(f"SELECT value, dt FROM reading WHERE {where} AND signal='counts' ORDER BY time")
+    rows = await influx.rows(f"SELECT value, dt FROM reading WHERE {where} AND signal='counts' ORDER BY time")
+    # InfluxDB keeps each field apart: a point being written as this query runs may show its dt
+    # without its value. Such a row is no reading yet; the point's message comes on the bus too.
+    counts = [r for r in rows if r.get("value") is not None]
     for row in counts:
         est.add_counts(row["time"] / 1000.0, float(row["value"]), float(row["dt"] or 1.0))
     return len(counts)
