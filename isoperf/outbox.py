@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from isoperf.influx import LineSink
-from isoperf.sources import ConnectionLost, Publisher
+from isoperf.sources import Publisher
 
 WINDOW = 100  # publications in flight at once (the MQTT client's own limit: max_inflight_messages)
 
@@ -41,11 +41,7 @@ class Outbox:
                     *(publisher.publish(topic, payload, retain=retain) for topic, payload, retain in window),
                     return_exceptions=True,
                 )
-                for (topic, _, _), result in zip(window, results, strict=True):
-                    if isinstance(result, asyncio.CancelledError):
-                        # The client cancelled the confirmation (its channel closed under it: a
-                        # node went down): not a stop of this service, a publication to repeat.
-                        raise ConnectionLost(f"publish of {topic} cancelled: the channel closed") from result
+                for result in results:
                     if isinstance(result, BaseException):
                         raise result
                     self._items.popleft()

@@ -231,6 +231,13 @@ class AmqpConnection:
             await self._exchange.publish(message, routing_key(topic), mandatory=False, timeout=30)
         except (*_ERRORS, aiormq.exceptions.ChannelInvalidStateError, RuntimeError) as exc:
             raise ConnectionLost(f"publish of {topic} not confirmed: {exc or type(exc).__name__}") from exc
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this publisher is being stopped
+            # The client cancelled the confirmation it awaited (its channel closed: a node went
+            # down): a publication to repeat, not a stop of the service.
+            raise ConnectionLost(f"publish of {topic} cancelled: the channel closed") from exc
 
 
 class AmqpSource:
