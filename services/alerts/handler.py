@@ -216,10 +216,7 @@ class AlertsHandler:
         engine = self._engine(key)
         self._last_input[key] = self.clock()
         if new:  # services already offline concern this session too
-            now = engine.now or time.time()
-            self._emit(
-                key, [a for s in sorted(self.services_offline) for a in engine.on_service(s, False, now, _critical(s))]
-            )
+            self._emit(key, self._liveness_since(key))
         return engine
 
     # -- event-time order ----------------------------------------------------------------------
@@ -320,6 +317,18 @@ class AlertsHandler:
         if state.get("order"):
             self._restore_order(key, state["order"])
         log.info("%s/%s taken over: %d alerts firing", *key, len(self.sessions[key].firing))
+        self._emit(key, self._liveness_since(key))
+
+    def _liveness_since(self, key: Key) -> list[Alert]:
+        """What a session new to this instance learns of the services' liveness: those offline
+        concern it too; one taken over also learns what was heard while another instance held it
+        (a service judged offline since, perhaps the dead instance itself, or back online)."""
+        engine = self.sessions[key]
+        now = self._session_now(key)
+        alerts = [a for s in sorted(self.services_offline) for a in engine.on_service(s, False, now, _critical(s))]
+        for service in sorted(self.services_seen - self.services_offline):
+            alerts += engine.on_service(service, True, now, _critical(service))
+        return alerts
 
     def _shared_lines(self) -> list[str]:
         """The state of every session changed since the last flush, as points (taken before any await)."""

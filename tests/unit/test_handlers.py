@@ -11,6 +11,7 @@ from isoperf.codec import decode, encode
 from isoperf.messages import MessageParser
 from isoperf.schemas import SERIES_MAX_POINTS, Event, Leakage, Pk, Reading, ReadingBatch
 from services.acquisition.simulator import SimConfig, simulate
+from services.alerts.engine import to_state
 from services.alerts.handler import AlertsHandler
 from services.alerts.rules import AlertRules
 from services.leakage.estimator import EstimatorParams
@@ -269,3 +270,50 @@ async def test_alerts_judge_a_consumer_offline_when_its_heartbeats_stop(tmp_path
     assert offline_alerts()[-1] == ("offline:leakage/a", "resolved")
     await h.flush()
     await h.close()
+
+
+class StoredAlertState:
+    """An in-memory reader answering, as InfluxDB would, the last alert state another instance stored."""
+
+    def __init__(self, state: dict[str, object], t: float) -> None:
+        self.state, self.t = state, t
+
+    async def rows(self, q: str) -> list[dict[str, object]]:
+        assert "FROM alert_state" in q, q
+        return [{"time": int(self.t * 1000), "state": json.dumps(self.state)}]
+
+
+async def test_a_session_taken_over_learns_who_went_offline_and_came_back_meanwhile(tmp_path: Path) -> None:
+    """The instance that takes a session over heard the liveness news while the session was not its
+    own: the dead leakage instance went offline, the recorder came back. The session gets both."""
+    key = ("or-1", "s-1")
+    clock = [0.0]
+    before = AlertsHandler(TOPICS, FakePublisher(), FakeWriter(), AlertRules(), tmp_path / "a.json")
+    await deliver(before, TOPICS.session(*key, "event"), encode(Event(t=T, type="session_start")))
+    await deliver(before, TOPICS.status("recorder", "a"), b"online")
+    await deliver(before, TOPICS.status("recorder", "a"), b"offline")
+    assert "offline:recorder/a" in before.sessions[key].firing
+    stored = StoredAlertState({"engine": to_state(before.sessions[key])}, T)
+    pub = FakePublisher()
+    h = AlertsHandler(
+        TOPICS,
+        pub,
+        FakeWriter(),
+        AlertRules(),
+        tmp_path / "b.json",
+        clock=lambda: clock[0],
+        heartbeat_expiry_s=15.0,
+        shared=stored,
+    )
+    for service in ("leakage", "recorder"):
+        await deliver(h, TOPICS.status(service, "a"), b"online")
+    clock[0] = 20.0
+    await deliver(h, TOPICS.status("recorder", "a"), b"online")
+    h.tick()  # leakage/a silent 20 s: offline, with no session of this instance's to raise it in
+    assert pub.sent == []
+    await deliver(h, TOPICS.session(*key, "leakage"), encode(Leakage(t=T + 30, state="background")))
+    got = [(a["rule"], a["kind"]) for a in (decode(p) for _, p in pub.sent)]
+    assert got == [("offline:leakage/a", "new"), ("offline:recorder/a", "resolved")]
+    await h.flush()
+    await h.close()
+    await before.close()
