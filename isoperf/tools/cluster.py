@@ -231,7 +231,9 @@ class LocalCluster:
 
     def running_nodes(self, node: Node) -> set[str]:
         """The nodes that ``node`` sees running in its cluster."""
-        out = self.ctl(node, "eval", 'io:format("~p", [rabbit_nodes:all_running()]).', timeout_s=20)
+        # A minute: each question boots an Erlang VM of its own, which a loaded host (a node just
+        # restarted under 20 theatres' catch-up, load average 24 on 2 cores) took over 20 s to do.
+        out = self.ctl(node, "eval", 'io:format("~p", [rabbit_nodes:all_running()]).', timeout_s=60)
         return {n.strip(" []'\n") for n in out.split("ok")[0].split(",") if n.strip(" []'\n")}
 
     def wait_clustered(self, deadline: float, via: int = 0) -> None:

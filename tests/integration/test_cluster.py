@@ -212,6 +212,8 @@ def test_the_node_leading_every_queue_killed_mid_session_loses_nothing(
     time.sleep(5)
     cluster.start_node(0)
     restarted_after = time.monotonic() - killed_at
+    print(f"node: back in the cluster {restarted_after:.0f} s after the kill")
+    assert any(g.alive() for g in gateways), "restarted mid-session: sessions were still being played"
     for g in gateways:
         assert g.wait(timeout=GATEWAY_TIMEOUT_S) == 0, g.output()
     for theatre, session in sessions:
@@ -222,7 +224,6 @@ def test_the_node_leading_every_queue_killed_mid_session_loses_nothing(
     for theatre, session in sessions:
         assert_same(outcome(stack, theatre, session, t0_of(env)), reference, theatre)
     assert reference.readings == N_COUNTS + 4 * int(SimConfig().duration_s), "the undisturbed run stored every reading"
-    assert restarted_after < 120
 
 
 def theatres_for_shares(u: str, per_share: int) -> tuple[list[str], list[str]]:
