@@ -124,6 +124,8 @@ class AlertsHandler:
         self.heartbeat_expiry_s = heartbeat_expiry_s
         self._heard: dict[str, float] = {}
         self._last_input: dict[Key, float] = {}  # wall clock of a session's last input
+        # A session's latest event time from its inputs, and this service's clock when it came.
+        self._anchors: dict[Key, tuple[float, float]] = {}
         self._received: dict[Key, dict[str, float]] = {}  # wall clock of each signal's last reading
         self._flush_lock = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
@@ -194,6 +196,7 @@ class AlertsHandler:
             return
         engine = self._start_session(key)
         self._emit(key, step(engine))
+        self._anchor(key, body.t)
 
     async def rejected(self, message: Inbound, rejections: list[Rejection]) -> None:
         """Inputs stamped far from their session's time (kept aside): a technical alarm, once
@@ -275,6 +278,7 @@ class AlertsHandler:
         engine = self.sessions.get(key)
         if engine is None:
             return 0  # released (ended) while this was held
+        self._anchor(key, r.t)
         body = r.item
         alerts: list[Alert]
         if isinstance(body, Leakage):
@@ -311,6 +315,7 @@ class AlertsHandler:
             return
         self.sessions[key] = from_state(state["engine"])
         self._last_input[key] = self.clock()
+        self._anchor(key, self.sessions[key].now)
         self._received[key] = dict.fromkeys(self.sessions[key].last_seen, self.clock())
         if state.get("thresholds"):
             self.thresholds[key] = state["thresholds"]
@@ -418,11 +423,19 @@ class AlertsHandler:
 
     # -- the clock -----------------------------------------------------------------------------
 
+    def _anchor(self, key: Key, t: float | None) -> None:
+        """An input (or a restored state) of event time ``t``: the session's clock runs on from it."""
+        if t is not None and (key not in self._anchors or t > self._anchors[key][0]):
+            self._anchors[key] = (t, self.clock())
+
     def _session_now(self, key: Key) -> float:
-        """The session's event time now: its latest input's time plus the wall time since."""
-        e = self.sessions[key]
-        elapsed = self.clock() - self._last_input.get(key, self.clock())
-        return (e.now or time.time()) + elapsed
+        """The session's event time now: its latest input's time plus the wall time since that
+        input (not since the last tick: the ticks of a gap in the inputs would add up)."""
+        anchor = self._anchors.get(key)
+        if anchor is None:
+            return self.sessions[key].now or time.time()
+        t, at = anchor
+        return t + (self.clock() - at)
 
     def tick(self) -> int:
         """Advance every live session's clock to now; returns how many alerts that raised."""
@@ -483,6 +496,7 @@ class AlertsHandler:
                 log.debug("%s/%s ended: %d inputs after its end dropped", *key, len(order))
             self._forcing.discard(key)
             self._last_input.pop(key, None)
+            self._anchors.pop(key, None)
             self._received.pop(key, None)
             self.thresholds.pop(key, None)
             self.ended.append(key)
@@ -550,6 +564,7 @@ class AlertsHandler:
             key = (s["theatre"], s["session"])
             self.sessions[key] = from_state(s)
             self._last_input[key] = self.clock()
+            self._anchor(key, self.sessions[key].now)
             self._received[key] = dict.fromkeys(self.sessions[key].last_seen, self.clock())
         for o in state.get("orders", []):  # absent in a state saved before inputs were ordered
             self._restore_order((o["theatre"], o["session"]), o)

@@ -317,3 +317,24 @@ async def test_a_session_taken_over_learns_who_went_offline_and_came_back_meanwh
     await h.flush()
     await h.close()
     await before.close()
+
+
+async def test_a_session_clock_runs_with_the_wall_clock_through_a_gap_in_its_inputs(tmp_path: Path) -> None:
+    """With no input for a minute (a network outage), the session's time moves on by that minute,
+    not by the sum of every tick's time since the last input (30 min after 60 ticks of 1 s: early
+    reminders and pages, and alarms stamped after events still to come)."""
+    writer, pub = FakeWriter(), FakePublisher()
+    clock = [0.0]
+    h = AlertsHandler(TOPICS, pub, writer, AlertRules(), tmp_path / "state.json", clock=lambda: clock[0])
+    key = ("or-1", "s-1")
+    await deliver(h, TOPICS.session(*key, "event"), encode(Event(t=T, type="session_start")))
+    for second in range(1, 61):
+        clock[0] = float(second)
+        h.tick()
+    assert h.sessions[key].now == pytest.approx(T + 60, abs=0.5)
+    await deliver(h, TOPICS.session(*key, "event"), encode(Event(t=T + 61, type="isolation_start")))
+    clock[0] = 70.0
+    h.tick()
+    assert h.sessions[key].now == pytest.approx(T + 61 + 10, abs=0.5)
+    await h.flush()
+    await h.close()
