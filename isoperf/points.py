@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 
 from isoperf.influx import FieldValue, line, number, series_key
+from isoperf.messages import Readings
 from isoperf.schemas import (
     Alert,
     AlertAck,
@@ -18,6 +19,7 @@ from isoperf.schemas import (
     GatewayStatus,
     LabSample,
     Leakage,
+    LeakageSeries,
     Pk,
     PkRelease,
     Reading,
@@ -72,6 +74,27 @@ def session_line(theatre: str, session: str, meta: SessionMeta) -> str:
 
 def leakage_line(theatre: str, session: str, leakage: Leakage) -> str:
     return line("leakage", _tags(theatre, session), leakage.model_dump(exclude={"t"}), leakage.t)
+
+
+Stored = Readings | Event | LabSample | SessionMeta | GatewayStatus | Leakage | LeakageSeries
+
+
+def record_lines(theatre: str, session: str, body: Stored) -> list[str]:
+    """The points a message of the session is kept as in the record: the recorder's, and those a
+    stateful service writes of its own inputs (the same points, so written twice they are one)."""
+    if isinstance(body, Readings):
+        return reading_lines(theatre, session, body.signal, body.readings)
+    if isinstance(body, Event):
+        return [event_line(theatre, session, body)]
+    if isinstance(body, LabSample):
+        return [sample_line(theatre, session, body)]
+    if isinstance(body, SessionMeta):
+        return [session_line(theatre, session, body)]
+    if isinstance(body, GatewayStatus):
+        return [device_status_line(theatre, session, body)]
+    if isinstance(body, Leakage):
+        return [leakage_line(theatre, session, body)]
+    return [leakage_line(theatre, session, p) for p in body.points]
 
 
 def pk_line(theatre: str, session: str, pk: Pk) -> str:

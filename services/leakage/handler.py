@@ -18,7 +18,7 @@ from isoperf.codec import encode
 from isoperf.influx import LineSink, RowReader
 from isoperf.messages import Inbound, Readings
 from isoperf.outbox import Emitter
-from isoperf.points import leakage_line
+from isoperf.points import leakage_line, record_lines
 from isoperf.queries import session_where
 from isoperf.runtime import Handler
 from isoperf.schemas import SERIES_MAX_POINTS, Event, Leakage, LeakageSeries, SessionMeta
@@ -90,6 +90,11 @@ class LeakageHandler(Handler):
             sess.estimator.set_isotope(body.isotope)
         else:
             return
+        if self.influx is not None:
+            # What this session is rebuilt from is in storage before its input is acknowledged:
+            # another instance taking it over (or this one restarted) cannot miss an input the
+            # recorder has not stored yet (the same points as the recorder's: one in storage).
+            self.emitter.sink.add(record_lines(*key, body))
         sess.last_seen = self.clock()
         points = sess.estimator.update()
         if points:

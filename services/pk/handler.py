@@ -38,7 +38,7 @@ from isoperf.eventtime import EventTimeOrder, Released
 from isoperf.influx import LineSink, RowReader
 from isoperf.messages import Inbound
 from isoperf.outbox import Emitter
-from isoperf.points import pk_line, pk_release_lines
+from isoperf.points import pk_line, pk_release_lines, record_lines
 from isoperf.queries import session_where
 from isoperf.runtime import Handler
 from isoperf.schemas import Event, LabSample, Leakage, LeakageSeries, Pk, PkRelease, SessionMeta
@@ -117,6 +117,8 @@ class PkHandler(Handler):
             return
         order = self._order(key)
         await self._session(key)
+        if self.influx is not None:  # stored before it is acknowledged: what a takeover rebuilds from
+            self.emitter.sink.add(record_lines(*key, body))
         now = self.clock()
         if isinstance(body, Leakage | LeakageSeries):
             order.expect("leakage")

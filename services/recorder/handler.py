@@ -15,14 +15,7 @@ from collections import defaultdict
 from isoperf.codec import encode
 from isoperf.influx import LineSink
 from isoperf.messages import Inbound, Readings, ServiceStatus
-from isoperf.points import (
-    device_status_line,
-    event_line,
-    reading_lines,
-    sample_line,
-    service_status_line,
-    session_line,
-)
+from isoperf.points import record_lines, service_status_line
 from isoperf.runtime import Handler
 from isoperf.schemas import Event, GatewayStatus, LabSample, SessionMeta, Stored
 from isoperf.sources import Publisher
@@ -58,17 +51,10 @@ class RecorderHandler(Handler):
         th, se, body = message.theatre, message.session, message.body
         if isinstance(body, ServiceStatus):
             self.writer.add([service_status_line(body.service, body.online, time.time())])
-        elif isinstance(body, Readings):
-            self.writer.add(reading_lines(th, se, body.signal, body.readings))
-            self.stored_readings += len(body.readings)
-        elif isinstance(body, Event):
-            self.writer.add([event_line(th, se, body)])
-        elif isinstance(body, LabSample):
-            self.writer.add([sample_line(th, se, body)])
-        elif isinstance(body, SessionMeta):
-            self.writer.add([session_line(th, se, body)])
-        elif isinstance(body, GatewayStatus):
-            self.writer.add([device_status_line(th, se, body)])
+        elif isinstance(body, Readings | Event | LabSample | SessionMeta | GatewayStatus):
+            self.writer.add(record_lines(th, se, body))
+            if isinstance(body, Readings):
+                self.stored_readings += len(body.readings)
         seq: int | None = getattr(body, "journal_seq", None)  # what a gateway journalled: confirmed after flush
         if seq is not None:
             self._seqs[message.key].add(seq)

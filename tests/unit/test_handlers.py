@@ -338,3 +338,43 @@ async def test_a_session_clock_runs_with_the_wall_clock_through_a_gap_in_its_inp
     assert h.sessions[key].now == pytest.approx(T + 61 + 10, abs=0.5)
     await h.flush()
     await h.close()
+
+
+class NothingStored:
+    """A database holding nothing of the session yet (the recorder behind)."""
+
+    async def rows(self, q: str) -> list[dict[str, object]]:
+        return []
+
+
+async def test_a_stateful_service_stores_what_it_is_rebuilt_from_before_acknowledging_it() -> None:
+    """On a takeover the survivor rebuilds a session from storage, where the recorder (another
+    consumer, perhaps behind) may not yet have put an input the dead instance acknowledged: a
+    tracer injection missed so left leakage in ``background`` for the rest of a session. Leakage
+    and pk store their own inputs with their results, as the same points as the recorder's."""
+    s = simulate(SimConfig(), 3)
+    key = ("or-1", "s-1")
+    events = [(TOPICS.session(*key, "event"), encode(e)) for e in s.events[:5]]
+    counts = [
+        (TOPICS.raw(*key, "counts"), encode(ReadingBatch(samples=[(T + i, 100.0 + i) for i in range(5)], dt=1.0)))
+    ]
+    leak = [(TOPICS.session(*key, "leakage"), encode(Leakage(t=T + 20, state="monitoring", percent=0.5)))]
+    recorder = FakeWriter()
+    rec = RecorderHandler(recorder)
+    for topic, payload in events + counts:
+        await deliver(rec, topic, payload)
+    await rec.flush()
+    writer = FakeWriter()
+    leakage = LeakageHandler(TOPICS, FakePublisher(), writer, NothingStored(), EstimatorParams())
+    for topic, payload in events + counts:
+        await deliver(leakage, topic, payload)
+    await leakage.flush()
+    assert set(recorder.stored) <= set(writer.stored)
+    writer = FakeWriter()
+    pk = PkHandler(TOPICS, FakePublisher(), writer, NothingStored())
+    for topic, payload in events + leak:
+        await deliver(pk, topic, payload)
+    await pk.flush()
+    event_lines = [line for line in recorder.stored if line.startswith("event,")]
+    assert len(event_lines) == 5 and set(event_lines) <= set(writer.stored)
+    assert any(line.startswith("leakage,") for line in writer.stored)
