@@ -76,10 +76,10 @@ def leakage_line(theatre: str, session: str, leakage: Leakage) -> str:
     return line("leakage", _tags(theatre, session), leakage.model_dump(exclude={"t"}), leakage.t)
 
 
-Stored = Readings | Event | LabSample | SessionMeta | GatewayStatus | Leakage | LeakageSeries
+Recorded = Readings | Event | LabSample | SessionMeta | GatewayStatus | Leakage | LeakageSeries
 
 
-def record_lines(theatre: str, session: str, body: Stored) -> list[str]:
+def record_lines(theatre: str, session: str, body: Recorded) -> list[str]:
     """The points a message of the session is kept as in the record: the recorder's, and those a
     stateful service writes of its own inputs (the same points, so written twice they are one)."""
     if isinstance(body, Readings):
