@@ -327,11 +327,13 @@ class AlertsHandler:
     def _liveness_since(self, key: Key) -> list[Alert]:
         """What a session new to this instance learns of the services' liveness: those offline
         concern it too; one taken over also learns what was heard while another instance held it
-        (a service judged offline since, perhaps the dead instance itself, or back online)."""
+        (a service judged offline since, perhaps the dead instance itself, or back online), and
+        that this instance, which another may have judged offline in it, is online."""
         engine = self.sessions[key]
         now = self._session_now(key)
         alerts = [a for s in sorted(self.services_offline) for a in engine.on_service(s, False, now, _critical(s))]
-        for service in sorted(self.services_seen - self.services_offline):
+        online = self.services_seen - self.services_offline
+        for service in sorted(online | ({self.own_name} if self.own_name else set())):
             alerts += engine.on_service(service, True, now, _critical(service))
         return alerts
 
@@ -424,13 +426,15 @@ class AlertsHandler:
     # -- the clock -----------------------------------------------------------------------------
 
     def _anchor(self, key: Key, t: float | None) -> None:
-        """An input (or a restored state) of event time ``t``: the session's clock runs on from it."""
+        """An input (or a restored state) of event time ``t`` applied now: the session's clock runs on
+        from it. A held input counts from its release, not its arrival: after a hold the clock lags
+        the wall by up to the hold, never runs ahead of the inputs still held."""
         if t is not None and (key not in self._anchors or t > self._anchors[key][0]):
             self._anchors[key] = (t, self.clock())
 
     def _session_now(self, key: Key) -> float:
-        """The session's event time now: its latest input's time plus the wall time since that
-        input (not since the last tick: the ticks of a gap in the inputs would add up)."""
+        """The session's event time now: its latest applied input's time plus the wall time since it
+        was applied (not since the last tick: the ticks of a gap in the inputs would add up)."""
         anchor = self._anchors.get(key)
         if anchor is None:
             return self.sessions[key].now or time.time()

@@ -319,6 +319,29 @@ async def test_a_session_taken_over_learns_who_went_offline_and_came_back_meanwh
     await before.close()
 
 
+async def test_a_session_taken_over_by_the_instance_another_judged_offline_clears_that_alarm(
+    tmp_path: Path,
+) -> None:
+    """Alerts instances watch each other's heartbeats: alerts/a raised alerts/b offline in a session,
+    then died; alerts/b, alive after all, takes the session over and resolves the alarm about itself
+    rather than keep a false warning up until the session ends."""
+    key = ("or-1", "s-1")
+    before = AlertsHandler(TOPICS, FakePublisher(), FakeWriter(), AlertRules(), tmp_path / "a.json")
+    await deliver(before, TOPICS.session(*key, "event"), encode(Event(t=T, type="session_start")))
+    await deliver(before, TOPICS.status("alerts", "b"), b"online")
+    await deliver(before, TOPICS.status("alerts", "b"), b"offline")
+    assert "offline:alerts/b" in before.sessions[key].firing
+    stored = StoredAlertState({"engine": to_state(before.sessions[key])}, T)
+    pub = FakePublisher()
+    h = AlertsHandler(TOPICS, pub, FakeWriter(), AlertRules(), tmp_path / "b.json", own_name="alerts/b", shared=stored)
+    await deliver(h, TOPICS.session(*key, "leakage"), encode(Leakage(t=T + 30, state="background")))
+    got = [(a["rule"], a["kind"]) for a in (decode(p) for _, p in pub.sent)]
+    assert got == [("offline:alerts/b", "resolved")]
+    await h.flush()
+    await h.close()
+    await before.close()
+
+
 async def test_a_session_clock_runs_with_the_wall_clock_through_a_gap_in_its_inputs(tmp_path: Path) -> None:
     """With no input for a minute (a network outage), the session's time moves on by that minute,
     not by the sum of every tick's time since the last input (30 min after 60 ticks of 1 s: early
