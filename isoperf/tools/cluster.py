@@ -237,8 +237,9 @@ class LocalCluster:
         out = self.ctl(node, "eval", 'io:format("~p", [rabbit_nodes:all_running()]).', timeout_s=60)
         return {n.strip(" []'\n") for n in out.split("ok")[0].split(",") if n.strip(" []'\n")}
 
-    def wait_clustered(self, deadline: float, via: int = 0) -> None:
-        """Until node ``via`` sees every running node; a node that booted alone joins it."""
+    def wait_clustered(self, deadline: float, via: int = 0, join: bool = True) -> None:
+        """Until node ``via`` sees every running node; with ``join``, a node that booted alone joins it
+        (reset: at a first start, when no node holds data yet)."""
         want = {n.name for n in self.nodes if self.running(n)}
         seen: set[str] = set()
         joined = False
@@ -250,7 +251,7 @@ class LocalCluster:
                 seen, asked = set(), f" (rabbitmqctl: {exc})"  # still booting, or too busy to answer
             if seen == want:
                 return
-            if seen and not joined:  # classic_config races when every node boots at once: join by hand
+            if join and seen and not joined:  # classic_config races when every node boots at once: join by hand
                 for node in self.nodes:
                     if node.name not in seen and self.running(node):
                         self.ctl(node, "stop_app")
@@ -321,7 +322,8 @@ class LocalCluster:
         self._spawn(node)
         deadline = time.monotonic() + timeout_s
         self.wait_node(node, deadline)
-        self.wait_clustered(deadline, via=(index + 1) % len(self.nodes))  # asked of a node that stayed up
+        # Asked of a node that stayed up; never reset: a node slow to boot again would lose its data.
+        self.wait_clustered(deadline, via=(index + 1) % len(self.nodes), join=False)
 
     def stop(self, timeout_s: float = 60.0) -> None:
         for proc in self._procs.values():
