@@ -370,7 +370,7 @@ class NothingStored:
         return []
 
 
-async def test_a_stateful_service_stores_what_it_is_rebuilt_from_before_acknowledging_it() -> None:
+async def test_a_stateful_service_stores_what_it_is_rebuilt_from_with_its_results() -> None:
     """On a takeover the survivor rebuilds a session from storage, where the recorder (another
     consumer, perhaps behind) may not yet have put an input the dead instance acknowledged: a
     tracer injection missed so left leakage in ``background`` for the rest of a session. Leakage
