@@ -27,12 +27,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 PARTITIONS = 4
 # Sessions at once in the node-kill test (the instance-kill test: half as many to each instance).
-# The suite plays 3; the issue's 20 with ISOPERF_TEST_CLUSTER_THEATRES=20 (the node test alone: 21 min).
+# The suite plays 3; the issue's 20 with ISOPERF_TEST_CLUSTER_THEATRES=20 ISOPERF_TEST_CLUSTER_SPEED=3
+# (both kill tests, the reference included: 79 min).
 THEATRES = int(os.environ.get("ISOPERF_TEST_CLUSTER_THEATRES", "3"))
-GATEWAY_TIMEOUT_S = 80.0 * max(THEATRES, 3)  # a gateway ends once the broker has taken its whole journal
 # 3 theatres at 60 times real time (a 66-minute session in ~66 s); more, slower, so that the 2 cores
-# (three nodes, InfluxDB, every service and a gateway a theatre) keep up: 20 at 9 times.
-SPEED = str(max(1, 180 // max(THEATRES, 3)))
+# (three nodes, InfluxDB, every service and a gateway a theatre) keep up: 20 at 9 times by default,
+# which overloads them (pk, alerts, leakage and the recorder each a whole core, the alerts' hold run
+# out); at 3 times they keep up (leakage within seconds of the readings in every session).
+SPEED = os.environ.get("ISOPERF_TEST_CLUSTER_SPEED", str(max(1, 180 // max(THEATRES, 3))))
+SESSION_WALL_S = SimConfig().duration_s / float(SPEED)
+# A gateway ends once the broker has taken its whole journal.
+GATEWAY_TIMEOUT_S = max(80.0 * max(THEATRES, 3), 1.5 * SESSION_WALL_S + 120.0)
 COUNTS_DT = "2"  # a count every 2 s: 1980 a session
 N_COUNTS = 1980
 
@@ -213,7 +218,8 @@ def test_the_node_leading_every_queue_killed_mid_session_loses_nothing(
     cluster.start_node(0)
     restarted_after = time.monotonic() - killed_at
     print(f"node: back in the cluster {restarted_after:.0f} s after the kill")
-    assert any(g.alive() for g in gateways), "restarted mid-session: sessions were still being played"
+    # A gateway still alive is still playing its session or still has unconfirmed journal entries.
+    assert any(g.alive() for g in gateways), "the node came back only after every gateway had finished"
     for g in gateways:
         assert g.wait(timeout=GATEWAY_TIMEOUT_S) == 0, g.output()
     for theatre, session in sessions:
@@ -270,7 +276,7 @@ def test_one_of_two_instances_of_each_stateful_service_killed_mid_session(
     # (The leakage alarm: any first alarm would do otherwise, such as an earlier test's instance
     # offline, and at 20 theatres that came a minute into the sessions.)
     firing = f"SELECT kind FROM alert WHERE {watched} AND \"rule\"='leakage' AND kind='new'"
-    wait_for(lambda: rows(stack, firing), timeout=600)
+    wait_for(lambda: rows(stack, firing), timeout=max(600.0, SESSION_WALL_S))
     before = count(stack, f"SELECT count(state) FROM leakage WHERE {watched}")
     for p in doomed:
         p.kill()
