@@ -283,17 +283,24 @@ class StoredAlertState:
         return [{"time": int(self.t * 1000), "state": json.dumps(self.state)}]
 
 
+async def offline_in_a_stored_session(tmp_path: Path, service: str) -> StoredAlertState:
+    """A session whose instance (now dead) had raised ``service`` offline in it, as it stored it."""
+    key = ("or-1", "s-1")
+    before = AlertsHandler(TOPICS, FakePublisher(), FakeWriter(), AlertRules(), tmp_path / "a.json")
+    await deliver(before, TOPICS.session(*key, "event"), encode(Event(t=T, type="session_start")))
+    await deliver(before, TOPICS.status(*service.split("/")), b"online")
+    await deliver(before, TOPICS.status(*service.split("/")), b"offline")
+    assert f"offline:{service}" in before.sessions[key].firing
+    await before.close()
+    return StoredAlertState({"engine": to_state(before.sessions[key])}, T)
+
+
 async def test_a_session_taken_over_learns_who_went_offline_and_came_back_meanwhile(tmp_path: Path) -> None:
     """The instance that takes a session over heard the liveness news while the session was not its
     own: the dead leakage instance went offline, the recorder came back. The session gets both."""
     key = ("or-1", "s-1")
     clock = [0.0]
-    before = AlertsHandler(TOPICS, FakePublisher(), FakeWriter(), AlertRules(), tmp_path / "a.json")
-    await deliver(before, TOPICS.session(*key, "event"), encode(Event(t=T, type="session_start")))
-    await deliver(before, TOPICS.status("recorder", "a"), b"online")
-    await deliver(before, TOPICS.status("recorder", "a"), b"offline")
-    assert "offline:recorder/a" in before.sessions[key].firing
-    stored = StoredAlertState({"engine": to_state(before.sessions[key])}, T)
+    stored = await offline_in_a_stored_session(tmp_path, "recorder/a")
     pub = FakePublisher()
     h = AlertsHandler(
         TOPICS,
@@ -316,7 +323,6 @@ async def test_a_session_taken_over_learns_who_went_offline_and_came_back_meanwh
     assert got == [("offline:leakage/a", "new"), ("offline:recorder/a", "resolved")]
     await h.flush()
     await h.close()
-    await before.close()
 
 
 async def test_a_session_taken_over_by_the_instance_another_judged_offline_clears_that_alarm(
@@ -326,12 +332,7 @@ async def test_a_session_taken_over_by_the_instance_another_judged_offline_clear
     then died; alerts/b, alive after all, takes the session over and resolves the alarm about itself
     rather than keep a false warning up until the session ends."""
     key = ("or-1", "s-1")
-    before = AlertsHandler(TOPICS, FakePublisher(), FakeWriter(), AlertRules(), tmp_path / "a.json")
-    await deliver(before, TOPICS.session(*key, "event"), encode(Event(t=T, type="session_start")))
-    await deliver(before, TOPICS.status("alerts", "b"), b"online")
-    await deliver(before, TOPICS.status("alerts", "b"), b"offline")
-    assert "offline:alerts/b" in before.sessions[key].firing
-    stored = StoredAlertState({"engine": to_state(before.sessions[key])}, T)
+    stored = await offline_in_a_stored_session(tmp_path, "alerts/b")
     pub = FakePublisher()
     h = AlertsHandler(TOPICS, pub, FakeWriter(), AlertRules(), tmp_path / "b.json", own_name="alerts/b", shared=stored)
     await deliver(h, TOPICS.session(*key, "leakage"), encode(Leakage(t=T + 30, state="background")))
@@ -339,7 +340,6 @@ async def test_a_session_taken_over_by_the_instance_another_judged_offline_clear
     assert got == [("offline:alerts/b", "resolved")]
     await h.flush()
     await h.close()
-    await before.close()
 
 
 async def test_a_session_clock_runs_with_the_wall_clock_through_a_gap_in_its_inputs(tmp_path: Path) -> None:
